@@ -1,0 +1,161 @@
+"""The one training loop behind `finetune` and `distill`: AdamW, linear warm-up and decay, grouped batches.
+
+Written by hand because it is 60 lines and the alternatives (transformers.Trainer, accelerate) bring their own
+config sprawl, checkpoint formats and pickled optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from tokenizers import Tokenizer
+
+from .runtime.predictor import encode
+
+Feed = dict[str, torch.Tensor]
+LossFn = Callable[[Any, Feed, list[int]], torch.Tensor]  # (model, batch, row indices) -> loss
+
+
+class TrainSettings(Protocol):
+    """What the loop reads from FinetuneConfig or DistillConfig."""
+
+    @property
+    def epochs(self) -> float: ...
+    @property
+    def max_minutes(self) -> float | None: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def warmup(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+def to_torch(feed: dict[str, np.ndarray]) -> Feed:
+    return {k: torch.from_numpy(v) for k, v in feed.items()}
+
+
+def grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle, sort by length inside chunks of 50 batches, shuffle the batches: little padding, still random."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def token_lengths(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
+    return [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    settings: TrainSettings,
+    loss_fn: LossFn,
+    desc: str,
+) -> dict[str, Any]:
+    """Train ``model`` in place on ``texts`` (labels and targets live in ``loss_fn``); return what happened."""
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    lengths = token_lengths(tokenizer, texts)
+    per_epoch = math.ceil(len(texts) / settings.batch_size)
+    total = max(1, math.ceil(per_epoch * settings.epochs))
+    warmup = int(total * settings.warmup)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.learning_rate,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim,
+        lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)),
+    )
+    deadline = time.monotonic() + settings.max_minutes * 60 if settings.max_minutes else math.inf
+    start, step, stopped_early, ema = time.monotonic(), 0, False, None
+    model.train()
+    with progress() as bar:
+        task = bar.add_task(desc, total=total, info="")
+        while step < total:
+            for idx in grouped_batches(lengths, settings.batch_size, rng):
+                if step >= total:
+                    break
+                if time.monotonic() > deadline:
+                    stopped_early = True
+                    break
+                feed = to_torch(encode(tokenizer, [texts[i] for i in idx]))
+                loss = loss_fn(model, feed, idx)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optim.step()
+                sched.step()
+                step += 1
+                ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+                bar.update(task, advance=1, info=f"loss {ema:.4f}")
+            if stopped_early:
+                break
+    model.eval()
+    return {
+        "steps": step,
+        "planned_steps": total,
+        "epochs_done": round(step / per_epoch, 3),
+        "seconds": round(time.monotonic() - start, 1),
+        "final_loss": round(ema or 0.0, 5),
+        "stopped_early": stopped_early,
+        "train_rows": len(texts),
+    }
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 128,
+    desc: str | None = None,
+) -> np.ndarray:
+    """Logits for ``texts`` in their original order, computed in length-sorted batches (little padding)."""
+    model.eval()
+    lengths = token_lengths(tokenizer, texts)
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    out: np.ndarray | None = None
+    with progress() as bar:
+        task = bar.add_task(desc or "inference", total=len(texts), info="", visible=desc is not None)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            logits = model(**to_torch(encode(tokenizer, [texts[i] for i in idx]))).float().numpy()
+            if out is None:
+                out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
+            out[idx] = logits
+            bar.update(task, advance=len(idx))
+    assert out is not None
+    return out

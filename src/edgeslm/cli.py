@@ -1,0 +1,339 @@
+"""The `edgeslm` command: a thin layer over the Python API. User mistakes print one red line, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EdgeSLMError
+from .recipe import QUANTIZE_METHODS, Recipe, load_recipe
+
+app = typer.Typer(
+    name="edgeslm",
+    help="Distill, quantize and bundle a language model for a device, and prove what was gained and lost.\n\n"
+    'Start with `edgeslm build --data sst2 --out out/sst2`, then `edgeslm predict out/sst2/bundle "text"`.',
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(width=None if Console().is_terminal else 120)  # logs and CI get the whole table
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """Turn edgeslm errors into one red line and exit 1; Ctrl-C into a note that nothing half-written was kept."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgeSLMError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted:[/red] nothing half-written was kept; finished steps are cached for a re-run")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# Options shared by every command that reads data or a recipe.
+RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="TOML recipe; command-line options override it.")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option("--data", help="sst2, clinc150, or a .csv/.tsv/.jsonl file with text and label columns."),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder with sst2/ and clinc150/ [default: $EDGESLM_DATA_DIR, ../shared/data]."),
+]
+TextColOpt = Annotated[
+    str | None, typer.Option("--text-column", help="Text column of a CSV/JSONL file [default: text].")
+]
+LabelColOpt = Annotated[
+    str | None, typer.Option("--label-column", help="Label column of a CSV/JSONL file [default: label].")
+]
+DevFileOpt = Annotated[Path | None, typer.Option("--dev-file", help="Separate dev file; else a stratified 10% split.")]
+RowsOpt = Annotated[int | None, typer.Option("--max-train-rows", help="Train on a stratified subset, for quick runs.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (refused if it exists, unless --force).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")]
+
+
+def _recipe(
+    recipe: Path | None,
+    data: str | None,
+    data_dir: Path | None,
+    text_column: str | None,
+    label_column: str | None,
+    dev_file: Path | None,
+    max_train_rows: int | None,
+    **more: Any,
+) -> Recipe:
+    overrides = {
+        "data.name": data,
+        "data.data_dir": str(data_dir) if data_dir else None,
+        "data.text_column": text_column,
+        "data.label_column": label_column,
+        "data.dev_path": str(dev_file) if dev_file else None,
+        "data.max_train_rows": max_train_rows,
+        **more,
+    }
+    return load_recipe(recipe, overrides)
+
+
+def _table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"{report['dataset']} ({report['eval_split']}): teacher vs student, side by side")
+    for col in ("model", "precision", "params", "accuracy", "macro-F1", "p50 ms", "p95 ms", "MB", "RSS MB"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in report["models"]:
+        table.add_row(
+            m["name"],
+            m["precision"].upper(),
+            f"{m['parameters'] / 1e6:.1f}M",
+            f"{m['accuracy']:.4f}",
+            f"{m['macro_f1']:.4f}",
+            f"{m['p50_ms']:.2f}",
+            f"{m['p95_ms']:.2f}",
+            f"{m['size_mb']:.1f}",
+            f"{m['peak_rss_mb']:.0f}",
+        )
+    return table
+
+
+@app.command()
+@_friendly
+def build(
+    out: OutOpt,
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    base: Annotated[
+        str | None, typer.Option("--base", help="minilm (bundled all-MiniLM-L6-v2) or a local BERT folder.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Target device profile (see `edgeslm devices`).")
+    ] = None,
+    layers: Annotated[int | None, typer.Option("--layers", help="Student depth [default: 3].")] = None,
+    data_dir: DataDirOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+    dev_file: DevFileOpt = None,
+    max_train_rows: RowsOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Fine-tune a teacher, distill a student, export, quantize, bundle, and measure them side by side.
+
+    Writes OUT/bundle (model.onnx, tokenizer.json, manifest.json), OUT/report.json and OUT/report.html.
+    Finished steps are cached beside OUT, so a re-run or a run resumed after Ctrl-C skips them.
+    """
+    from .pipeline import build as run_build
+
+    r = _recipe(
+        recipe,
+        data,
+        data_dir,
+        text_column,
+        label_column,
+        dev_file,
+        max_train_rows,
+        **{"base": base, "device": device, "distill.num_layers": layers},
+    )
+    result = run_build(r, out, force=force, log=console.print)
+    console.print(_table(result.report))
+    ratios = result.report["ratios"]
+    console.print(
+        f"student INT8 bundle: [bold]{ratios['speedup_p50_vs_teacher_torch']:.1f}×[/bold] faster than the torch "
+        f"teacher, {ratios.get('speedup_p50_vs_teacher_ort_int8', float('nan')):.1f}× faster than its one-click ORT "
+        f"INT8, {ratios['size_ratio_vs_teacher_fp32']:.1f}× smaller, {100 * ratios['accuracy_kept_vs_teacher']:.1f}% "
+        f"of its accuracy"
+    )
+    console.print(f"wrote {result.bundle}, {out / 'report.json'}, {out / 'report.html'}")
+
+
+@app.command()
+@_friendly
+def finetune(
+    out: OutOpt,
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    base: Annotated[str | None, typer.Option("--base", help="minilm or a local BERT folder.")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the train rows [default: 2].")] = None,
+    data_dir: DataDirOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+    dev_file: DevFileOpt = None,
+    max_train_rows: RowsOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Step 1: fine-tune the teacher (full fine-tuning, mean pooling, linear head) into a checkpoint folder."""
+    from .finetune import finetune as run
+    from .models import resolve_base
+
+    r = _recipe(
+        recipe,
+        data,
+        data_dir,
+        text_column,
+        label_column,
+        dev_file,
+        max_train_rows,
+        **{"base": base, "finetune.epochs": epochs},
+    )
+    console.print(f"wrote {run(resolve_base(r.base), out, r.finetune, force=force)}")
+
+
+@app.command()
+@_friendly
+def distill(
+    teacher: Annotated[Path, typer.Argument(help="Teacher checkpoint folder (from `edgeslm finetune`).")],
+    out: OutOpt,
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    layers: Annotated[int | None, typer.Option("--layers", help="Student depth [default: 3].")] = None,
+    data_dir: DataDirOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+    dev_file: DevFileOpt = None,
+    max_train_rows: RowsOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Step 2: distill a shallower student from the teacher's layers (soft + hard labels)."""
+    from .compress.distill import distill as run
+
+    r = _recipe(
+        recipe,
+        data,
+        data_dir,
+        text_column,
+        label_column,
+        dev_file,
+        max_train_rows,
+        **{"distill.num_layers": layers},
+    )
+    console.print(f"wrote {run(teacher, out, r.distill, force=force)}")
+
+
+@app.command()
+@_friendly
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (from finetune or distill).")],
+    out: OutOpt,
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    data_dir: DataDirOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Step 4: export a checkpoint to ONNX and check it against torch on real sentences."""
+    from .export.onnx import export_onnx
+
+    r = _recipe(recipe, data, data_dir, None, None, None, None)
+    path = export_onnx(checkpoint, out, r.export, force=force)
+    check = json.loads((path / "edgeslm.json").read_text())["export"]["check"]
+    console.print(
+        f"wrote {path}: max |Δlogit| {check['max_abs_diff']:.2e}, label agreement {check['label_agreement']:.3f}"
+    )
+
+
+@app.command()
+@_friendly
+def quantize(
+    model: Annotated[Path, typer.Argument(help="ONNX folder (from `edgeslm export`).")],
+    out: OutOpt,
+    method: Annotated[str, typer.Option("--method", help=f"One of: {', '.join(QUANTIZE_METHODS)}.")] = "int8-dynamic",
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    data_dir: DataDirOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Step 3: INT8 quantization with onnxruntime (dynamic, or static with calibration on real sentences)."""
+    from .compress.quantize import quantize as run
+
+    r = _recipe(recipe, data, data_dir, None, None, None, None, **{"quantize.method": method})
+    console.print(f"wrote {run(model, out, r.quantize, force=force)}")
+
+
+@app.command("eval")
+@_friendly
+def eval_(
+    model: Annotated[Path, typer.Argument(help="A bundle, an ONNX folder or a checkpoint folder.")],
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    data_dir: DataDirOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+    dev_file: DevFileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Step 5: accuracy, p50/p95 latency (batch 1, one thread), file size and peak RSS of a model."""
+    from .evaluate import evaluate
+
+    r = _recipe(recipe, data, data_dir, text_column, label_column, dev_file, None)
+    result = evaluate(model, r.eval)
+    result.pop("predictions", None)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{model} on {result['dataset']} ({result['eval_split']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (from `edgeslm build`).")],
+    texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print labels and every score as JSON.")] = False,
+) -> None:
+    """Step 6: classify texts with the torch-free runtime (the bundle is verified before it loads)."""
+    from .runtime import Predictor
+
+    preds = Predictor(bundle).predict(texts)
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {"text": t, "label": p.label, "score": p.score, "scores": p.scores}
+                    for t, p in zip(texts, preds, strict=True)
+                ],
+                indent=2,
+            )
+        )
+        return
+    for text, p in zip(texts, preds, strict=True):
+        console.print(f"[bold]{p.label}[/bold] {p.score:.3f}  {text}", highlight=False)
+
+
+@app.command()
+@_friendly
+def devices() -> None:
+    """List the device profiles `--device` accepts."""
+    from .devices import known_devices
+
+    table = Table(title="device profiles")
+    for col in ("name", "description", "RAM MB", "storage MB", "runtimes", "source"):
+        table.add_column(col)
+    for name, d in known_devices().items():
+        table.add_row(
+            name,
+            d["description"],
+            str(d["ram_mb"]),
+            str(d["storage_mb"]),
+            ", ".join(d["runtimes"]),
+            d["source"],
+        )
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Compression steps: distillation into a smaller student, INT8 quantization."""

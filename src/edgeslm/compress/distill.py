@@ -1,0 +1,110 @@
+"""Step 2, `distill`: a shallower student initialised from the teacher's layers, trained on its soft labels.
+
+Loss = kd_weight · T² · KL(teacher_T ‖ student_T) + ce_weight · CE(student, gold) [+ hidden_weight · masked MSE of
+the student's layer outputs against the teacher layers they were copied from].
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import BertModel
+
+from .. import _train
+from .._fs import atomic_dir
+from ..data import load_dataset
+from ..errors import ConfigError, DataError
+from ..models import TextClassifier, load_checkpoint, save_checkpoint
+from ..recipe import DistillConfig
+from ..runtime.predictor import load_tokenizer
+
+__all__ = ["distill", "pick_layers"]
+
+
+def pick_layers(teacher_layers: int, config: DistillConfig) -> tuple[int, ...]:
+    """Teacher layers the student starts from: spread from bottom to top, always keeping the top layer.
+
+    The top layer feeds the pooled head; keeping it mattered most in our calibration (research/calibration_distill.md).
+    """
+    if config.layers is not None:
+        bad = [i for i in config.layers if i >= teacher_layers]
+        if bad:
+            raise ConfigError(
+                f"`layers` {list(config.layers)} names layer {bad[0]}, the teacher has 0..{teacher_layers - 1}"
+            )
+        return tuple(config.layers)
+    k = config.num_layers
+    if k > teacher_layers:
+        raise ConfigError(f"`num_layers` must be at most the teacher's {teacher_layers} layers, got {k}")
+    if k == 1:
+        return (teacher_layers - 1,)
+    return tuple(int(x) for x in np.round(np.linspace(0, teacher_layers - 1, k)))
+
+
+def make_student(teacher: TextClassifier, layers: tuple[int, ...]) -> TextClassifier:
+    config = copy.deepcopy(teacher.encoder.config)
+    config.num_hidden_layers = len(layers)
+    student = TextClassifier(BertModel(config, add_pooling_layer=False), teacher.head.out_features)
+    student.encoder.embeddings.load_state_dict(teacher.encoder.embeddings.state_dict())
+    for i, j in enumerate(layers):
+        student.encoder.encoder.layer[i].load_state_dict(teacher.encoder.encoder.layer[j].state_dict())
+    student.head.load_state_dict(teacher.head.state_dict())
+    return student
+
+
+def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False) -> Path:
+    """Distill the teacher checkpoint ``src`` into a student checkpoint ``out``."""
+    teacher = load_checkpoint(Path(src))
+    dataset = load_dataset(config.data)
+    if dataset.label_names != teacher.labels:
+        raise DataError(
+            f"the teacher in `{src}` was trained on labels {list(teacher.labels)[:5]}…, "
+            f"but `{config.data.name}` has {list(dataset.label_names)[:5]}…; distill on the teacher's dataset"
+        )
+    layers = pick_layers(teacher.model.encoder.config.num_hidden_layers, config)
+    student = make_student(teacher.model, layers)
+    tokenizer = load_tokenizer((Path(src) / "tokenizer.json").read_text(encoding="utf-8"), config.max_length)
+    texts = dataset.train.texts
+    soft = torch.from_numpy(_train.predict_logits(teacher.model, tokenizer, texts, desc="teacher soft labels"))
+    gold = torch.tensor(dataset.train.labels)
+    T = config.temperature
+
+    def loss_fn(m: TextClassifier, feed: _train.Feed, idx: list[int]) -> torch.Tensor:
+        pooled, hidden = m.encode(**feed, hidden_states=config.hidden_weight > 0)
+        logits = m.head(m.dropout(pooled))
+        loss = (
+            config.kd_weight
+            * T
+            * T
+            * F.kl_div(F.log_softmax(logits / T, -1), F.softmax(soft[idx] / T, -1), reduction="batchmean")
+        )
+        if config.ce_weight:
+            loss = loss + config.ce_weight * F.cross_entropy(logits, gold[idx])
+        if config.hidden_weight:
+            with torch.no_grad():
+                _, t_hidden = teacher.model.encode(**feed, hidden_states=True)
+            assert hidden is not None and t_hidden is not None
+            mask = feed["attention_mask"].unsqueeze(-1).float()
+            mse = sum(
+                (((hidden[i + 1] - t_hidden[j + 1]) ** 2) * mask).sum() / (mask.sum() * hidden[i + 1].shape[-1])
+                for i, j in enumerate(layers)
+            )
+            loss = loss + config.hidden_weight * mse / len(layers)
+        return loss
+
+    stats = _train.train(student, tokenizer, texts, config, loss_fn, f"distill {len(layers)}-layer student")
+    meta = {
+        "step": "distill",
+        "teacher": str(src),
+        "teacher_layers": list(layers),
+        "config": dataclasses.asdict(config),
+        "train": stats,
+    }
+    with atomic_dir(Path(out), force=force) as tmp:
+        save_checkpoint(student, tmp, Path(src) / "tokenizer.json", teacher.labels, teacher.max_length, meta)
+    return Path(out)

@@ -1,0 +1,89 @@
+"""Step 3, `quantize`: INT8 with onnxruntime's quantization tools. One verb, dispatched on the config's type.
+
+``quantize(src, out, Int8DynamicConfig())`` or ``quantize(src, out, Int8StaticConfig(calibration_rows=256))``;
+a new method is a new config class plus a handler registered in ``_HANDLERS``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._fs import atomic_dir
+from ..data import load_dataset
+from ..errors import ConfigError, ModelError
+from ..recipe import Int8DynamicConfig, Int8StaticConfig, QuantizeConfig
+from ..runtime.predictor import encode, load_tokenizer
+
+__all__ = ["quantize"]
+
+
+def _dynamic(src: Path, dst: Path, config: Int8DynamicConfig, meta: dict[str, Any]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=config.per_channel)
+
+
+def _static(src: Path, dst: Path, config: Int8StaticConfig, meta: dict[str, Any]) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    texts = load_dataset(config.data).train.texts[: config.calibration_rows]
+    tokenizer = load_tokenizer((src.parent / "tokenizer.json").read_text(encoding="utf-8"), meta["max_length"])
+
+    class Reader(CalibrationDataReader):
+        """Real train sentences, batch 1, as the device will see them."""
+
+        def __init__(self) -> None:
+            self._it: Iterator[dict[str, np.ndarray]] = (encode(tokenizer, [t]) for t in texts)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    quantize_static(
+        src,
+        dst,
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=config.per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+
+
+_HANDLERS: dict[type, Callable[[Path, Path, Any, dict[str, Any]], None]] = {
+    Int8DynamicConfig: _dynamic,
+    Int8StaticConfig: _static,
+}
+
+
+def quantize(src: Path, out: Path, config: QuantizeConfig, *, force: bool = False) -> Path:
+    """Quantize the ONNX model folder ``src`` (from `export`) into ``out``."""
+    src = Path(src)
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        raise ConfigError(
+            f"no quantization handler for {type(config).__name__}; use one of "
+            f"{', '.join(c.__name__ for c in _HANDLERS)}"
+        )
+    if not (src / "model.onnx").is_file():
+        raise ModelError(f"`{src}` has no model.onnx; run `edgeslm export` first and pass its output folder")
+    meta = json.loads((src / "edgeslm.json").read_text(encoding="utf-8"))
+    with atomic_dir(Path(out), force=force) as tmp:
+        root = logging.getLogger()
+        level, root.level = root.level, logging.ERROR  # onnxruntime.quantization logs generic advice as warnings
+        try:
+            handler(src / "model.onnx", tmp / "model.onnx", config, meta)
+        except Exception as e:  # onnxruntime raises plain exceptions
+            raise ModelError(f"quantizing `{src}` with {type(config).__name__} failed ({e})") from e
+        finally:
+            root.setLevel(level)
+        shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
+        meta["quantize"] = {"method": type(config).__name__, "per_channel": config.per_channel}
+        (tmp / "edgeslm.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return Path(out)

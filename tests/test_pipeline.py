@@ -1,0 +1,149 @@
+"""The whole pipeline, for real, on a tiny random BERT and 400 real SST-2 rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeslm
+from edgeslm import Predictor, build
+from edgeslm.recipe import DistillConfig, EvalConfig, ExportConfig, FinetuneConfig, Recipe
+
+
+def _recipe(base: Path, data: edgeslm.DataConfig) -> Recipe:
+    return Recipe(
+        base=str(base),
+        data=data,
+        finetune=FinetuneConfig(epochs=2, learning_rate=1e-3, batch_size=16),
+        distill=DistillConfig(num_layers=1, epochs=1, batch_size=16, learning_rate=1e-3),
+        export=ExportConfig(check_rows=16),
+        eval=EvalConfig(latency_rows=20, warmup_rows=2),
+    )
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, tiny_data: edgeslm.DataConfig) -> Path:
+    out = tmp_path_factory.mktemp("build") / "out"
+    build(_recipe(tiny_base, tiny_data), out)
+    return out
+
+
+def _tree_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_build_writes_bundle_and_report(built: Path) -> None:
+    assert sorted(p.name for p in built.iterdir()) == ["bundle", "report.html", "report.json"]
+    manifest = json.loads((built / "bundle" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["labels"] == ["negative", "positive"]
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json"}
+    assert manifest["recipe"]["distill"]["num_layers"] == 1
+    assert 0 <= manifest["metrics"]["accuracy"] <= 1 and manifest["metrics"]["p50_ms"] > 0
+    report = json.loads((built / "report.json").read_text())
+    names = [m["name"] for m in report["models"]]
+    assert names == ["teacher", "teacher one-click", "student", "student bundle"]
+    for m in report["models"]:
+        assert m["eval_rows"] == 100 and m["latency_rows"] == 20 and m["threads"] == 1
+        assert m["p95_ms"] >= m["p50_ms"] > 0 and m["peak_rss_mb"] > 10 and m["size_mb"] > 0 and m["parameters"] > 0
+    by = {m["name"]: m for m in report["models"]}
+    assert by["student bundle"]["size_mb"] < by["student"]["size_mb"] < by["teacher"]["size_mb"]
+    assert by["student bundle"]["parameters"] < by["teacher"]["parameters"]
+    assert by["student"]["accuracy"] == pytest.approx(by["student"]["accuracy"])
+    assert report["export_check"]["max_abs_diff"] < 1e-4 and report["export_check"]["label_agreement"] == 1.0
+    # The runtime process (no torch) needs far less memory than the torch teacher's.
+    assert by["student bundle"]["peak_rss_mb"] < by["teacher"]["peak_rss_mb"]
+
+
+def test_report_html_is_self_contained(built: Path) -> None:
+    page = (built / "report.html").read_text()
+    assert page.count("<svg") == 4 and "<table>" in page
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+    assert "<script" not in page
+
+
+def test_predictor_single_and_batch(built: Path) -> None:
+    p = Predictor(built / "bundle", threads=1)
+    one = p.predict("a gorgeous , witty , seductive movie .")
+    many = p.predict(["a gorgeous , witty , seductive movie .", "the worst film of the year ."])
+    assert one.label in ("negative", "positive") and 0.5 <= one.score <= 1
+    assert sum(one.scores.values()) == pytest.approx(1.0, abs=1e-5)
+    assert many[0] == one and len(many) == 2
+    assert p.predict([]) == []
+
+
+def test_runtime_matches_torch_student(built: Path) -> None:
+    import torch
+
+    from edgeslm.models import load_checkpoint
+    from edgeslm.runtime import encode, load_tokenizer
+
+    cache = built.parent / ".edgeslm-cache"
+    student = load_checkpoint(next(cache.glob("distill-*")))
+    texts = ["it 's a charming and often affecting journey .", "unflinchingly bleak and desperate"]
+    tok = load_tokenizer((student.path / "tokenizer.json").read_text(), student.max_length)
+    with torch.no_grad():
+        ref = student.model(**{k: torch.from_numpy(v) for k, v in encode(tok, texts).items()}).numpy()
+    got = Predictor(built / "bundle").logits(texts)
+    assert np.abs(ref - got).max() < 0.05  # INT8 vs FP32
+    assert (ref.argmax(1) == got.argmax(1)).all()
+
+
+def test_rerun_reuses_cached_steps_and_never_mutates_inputs(
+    built: Path, tiny_base: Path, tiny_data: edgeslm.DataConfig
+) -> None:
+    cache = built.parent / ".edgeslm-cache"
+    before = {p.name: _tree_hash(p) for p in cache.iterdir()}
+    base_before = _tree_hash(tiny_base)
+    result = build(_recipe(tiny_base, tiny_data), built, force=True)
+    assert all(v == 0.0 for v in result.report["step_seconds"].values())
+    assert {p.name: _tree_hash(p) for p in cache.iterdir()} == before
+    assert _tree_hash(tiny_base) == base_before
+
+
+def test_existing_output_is_refused(built: Path, tiny_base: Path, tiny_data: edgeslm.DataConfig) -> None:
+    with pytest.raises(edgeslm.ConfigError, match="already exists"):
+        build(_recipe(tiny_base, tiny_data), built)
+
+
+def test_interrupted_build_leaves_nothing_half_written(
+    built: Path, tiny_base: Path, tiny_data: edgeslm.DataConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = built.parent / "interrupted"
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("edgeslm.evaluate.evaluate", boom)
+    with pytest.raises(KeyboardInterrupt):
+        build(_recipe(tiny_base, tiny_data), out)
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".interrupted")]
+
+
+def test_static_int8_quantization(built: Path, tiny_data: edgeslm.DataConfig, tmp_path: Path) -> None:
+    onnx_dir = next((built.parent / ".edgeslm-cache").glob("export-*"))
+    out = edgeslm.quantize(onnx_dir, tmp_path / "static", edgeslm.Int8StaticConfig(data=tiny_data, calibration_rows=16))
+    assert (out / "model.onnx").stat().st_size < (onnx_dir / "model.onnx").stat().st_size
+    meta = json.loads((out / "edgeslm.json").read_text())
+    assert meta["quantize"]["method"] == "Int8StaticConfig"
+
+
+def test_distill_layer_choice_keeps_the_top_layer() -> None:
+    from edgeslm.compress.distill import pick_layers
+
+    assert pick_layers(6, DistillConfig(num_layers=1)) == (5,)
+    assert pick_layers(6, DistillConfig(num_layers=2)) == (0, 5)
+    assert pick_layers(6, DistillConfig(num_layers=3)) == (0, 2, 5)
+    assert pick_layers(6, DistillConfig(layers=(1, 3))) == (1, 3)
+    with pytest.raises(edgeslm.ConfigError, match="at most the teacher's 6 layers"):
+        pick_layers(6, DistillConfig(num_layers=7))
+    with pytest.raises(edgeslm.ConfigError, match="names layer 6"):
+        pick_layers(6, DistillConfig(layers=(6,)))
