@@ -94,6 +94,7 @@ def main() -> None:
     }
     student = rows["student bundle ORT INT8"]["p50_ms"]
     by_name = {m["name"]: m for m in report["models"]}
+    teacher, bundle = by_name["teacher"], by_name["student bundle"]
     result = {
         "dataset": report["dataset"],
         "eval_split": report["eval_split"],
@@ -106,14 +107,19 @@ def main() -> None:
         "ratios": {
             "student_int8_speedup_vs_teacher_torch_fp32": rows["teacher torch FP32"]["p50_ms"] / student,
             "student_int8_speedup_vs_teacher_ort_int8": rows["teacher ORT INT8 (one-click)"]["p50_ms"] / student,
-            "student_int8_size_ratio_vs_teacher_fp32": by_name["teacher"]["size_mb"] / by_name["student bundle"]["size_mb"],
-            "student_int8_accuracy_vs_teacher": by_name["student bundle"]["accuracy"] / by_name["teacher"]["accuracy"],
+            "student_int8_size_ratio_vs_teacher_fp32": by_name["teacher"]["size_mb"]
+            / by_name["student bundle"]["size_mb"],
+            "student_int8_accuracy_vs_teacher": bundle["accuracy"] / teacher["accuracy"],
         },
         "accuracy": {m["name"]: m["accuracy"] for m in report["models"]},
         "size_mb": {m["name"]: m["size_mb"] for m in report["models"]},
         "recipe": report["recipe"],
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "torch": torch.__version__, "onnxruntime": ort.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+        },
     }
     out = HERE / "results" / f"latency_{report['dataset']}.json"
     out.parent.mkdir(exist_ok=True)

@@ -34,8 +34,10 @@ def good_bundle(tmp_path: Path) -> Path:
     from edgeslm.models import resolve_base
 
     # logits = ReduceMean(Cast(input_ids)) broadcast to 2 labels: a real, runnable graph with the bundle's inputs.
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "s"])
-              for n in ("input_ids", "attention_mask", "token_type_ids")]
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "s"])
+        for n in ("input_ids", "attention_mask", "token_type_ids")
+    ]
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 2])
     w = helper.make_tensor("w", TensorProto.FLOAT, [1, 2], [1.0, -1.0])
     nodes = [
@@ -43,14 +45,21 @@ def good_bundle(tmp_path: Path) -> Path:
         helper.make_node("ReduceMean", ["f"], ["m"], axes=[1], keepdims=1),
         helper.make_node("Mul", ["m", "w"], ["logits"]),
     ]
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, [out], [w]), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, [out], [w]), opset_imports=[helper.make_opsetid("", 17)]
+    )
     onnx.save(model, tmp_path / "m.onnx")
     write_bundle(
         {"model.onnx": tmp_path / "m.onnx", "tokenizer.json": resolve_base("minilm") / "tokenizer.json"},
         tmp_path / "bundle",
-        {"task": "text-classification", "labels": ("neg", "pos"), "max_length": 16,
-         "inputs": ("input_ids", "attention_mask", "token_type_ids"), "model": "model.onnx",
-         "tokenizer": "tokenizer.json"},
+        {
+            "task": "text-classification",
+            "labels": ("neg", "pos"),
+            "max_length": 16,
+            "inputs": ("input_ids", "attention_mask", "token_type_ids"),
+            "model": "model.onnx",
+            "tokenizer": "tokenizer.json",
+        },
     )
     return tmp_path / "bundle"
 
@@ -117,12 +126,21 @@ def test_build_bad_inputs(tmp_path: Path) -> None:
         (["--data", _csv(tmp_path / "nocol.csv", "sentence,label\nx,a\n")], "has no `text` column"),
         (["--data", _csv(tmp_path / "empty.csv", "")], "has no rows"),
         (["--data", _csv(tmp_path / "one.csv", "text,label\n" + "x,a\n" * 10)], "has only one label"),
-        (["--data", _csv(tmp_path / "t.csv", "text,label\n" + two),
-          "--dev-file", _csv(tmp_path / "d.csv", "text,label\nx,a\ny,zzz\n")], "never saw: 'zzz'"),
+        (
+            [
+                "--data",
+                _csv(tmp_path / "t.csv", "text,label\n" + two),
+                "--dev-file",
+                _csv(tmp_path / "d.csv", "text,label\nx,a\ny,zzz\n"),
+            ],
+            "never saw: 'zzz'",
+        ),
         (["--data", "sst2", "--base", "no-such-model"], "unknown --base `no-such-model`"),
         (["--data", "sst2", "--device", "toaster"], "unknown device `toaster`; known devices: host"),
-        (["--data", "sst2", "--recipe", _csv(tmp_path / "r.toml", "[distill]\nnum_layers = -1\n")],
-         "`num_layers` must be > 0, got -1"),
+        (
+            ["--data", "sst2", "--recipe", _csv(tmp_path / "r.toml", "[distill]\nnum_layers = -1\n")],
+            "`num_layers` must be > 0, got -1",
+        ),
     ]
     for args, message in cases:
         _fails(["build", "--out", out, *args], message)
@@ -138,7 +156,9 @@ def test_base_folder_with_pickled_weights_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text('{"model_type": "bert"}')
     (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"pickle")
-    _fails(["finetune", "--out", str(tmp_path / "o"), "--base", str(tmp_path / "m")], "pickled .bin weights are refused")
+    _fails(
+        ["finetune", "--out", str(tmp_path / "o"), "--base", str(tmp_path / "m")], "pickled .bin weights are refused"
+    )
 
 
 def test_devices_lists_profiles() -> None:

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, shared_data_available
 
+from conftest import SAMPLE, shared_data_available
 from edgeslm.data import load_dataset
 from edgeslm.errors import DataError
 from edgeslm.recipe import DataConfig

@@ -75,7 +75,9 @@ def test_predictor_single_and_batch(built: Path) -> None:
     many = p.predict(["a gorgeous , witty , seductive movie .", "the worst film of the year ."])
     assert one.label in ("negative", "positive") and 0.5 <= one.score <= 1
     assert sum(one.scores.values()) == pytest.approx(1.0, abs=1e-5)
-    assert many[0] == one and len(many) == 2
+    # Dynamic INT8 scales activations per batch, so a batch neighbour nudges the scores, never the label.
+    assert many[0].label == one.label and len(many) == 2
+    assert many[0].score == pytest.approx(one.score, abs=0.02)
     assert p.predict([]) == []
 
 

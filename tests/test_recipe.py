@@ -40,7 +40,9 @@ def test_demo_recipe_loads() -> None:
 
 def test_command_line_overrides_the_file(tmp_path: Path) -> None:
     f = tmp_path / "r.toml"
-    f.write_text('[distill]\nnum_layers = 2\nlayers = [0, 5]\n[quantize]\nmethod = "int8-static"\ncalibration_rows = 8\n')
+    f.write_text(
+        '[distill]\nnum_layers = 2\nlayers = [0, 5]\n[quantize]\nmethod = "int8-static"\ncalibration_rows = 8\n'
+    )
     r = load_recipe(f, {"distill.num_layers": 1, "data.name": "x.csv"})
     assert r.distill.num_layers == 1 and r.distill.layers == (0, 5)
     assert isinstance(r.quantize, Int8StaticConfig) and r.quantize.calibration_rows == 8

@@ -143,9 +143,17 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
                 "export_check": meta["export"]["check"],
                 "training": {"teacher": _train_stats(teacher), "student": _train_stats(student)},
                 "step_seconds": timings,
-            "artifacts": {name: str(path) for name, path in (
-                ("teacher", teacher), ("teacher_onnx", teacher_onnx), ("teacher_int8", teacher_int8),
-                ("student", student), ("student_onnx", student_onnx), ("student_int8", student_int8))},
+                "artifacts": {
+                    name: str(path)
+                    for name, path in (
+                        ("teacher", teacher),
+                        ("teacher_onnx", teacher_onnx),
+                        ("teacher_int8", teacher_int8),
+                        ("student", student),
+                        ("student_onnx", student_onnx),
+                        ("student_int8", student_int8),
+                    )
+                },
                 "edgeslm_version": __version__,
             }
         )

@@ -96,7 +96,11 @@ class Predictor:
     def predict(self, texts: Sequence[str]) -> list[Prediction]: ...
 
     def predict(self, texts: str | Sequence[str]) -> Prediction | list[Prediction]:
-        """Classify one text (returns a Prediction) or a batch (returns a list)."""
+        """Classify one text (returns a Prediction) or a batch (returns a list).
+
+        A dynamic-INT8 bundle picks activation scales per call, so a text's scores can move slightly (not its
+        label, in our tests) with its batch neighbours; call with one text at a time for bit-exact repeatability.
+        """
         single = isinstance(texts, str)
         batch: list[str] = [texts] if isinstance(texts, str) else list(texts)
         if not all(isinstance(t, str) for t in batch):
