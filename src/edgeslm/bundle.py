@@ -11,18 +11,20 @@ import hashlib
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._fs import atomic_dir, write_json
-from .errors import BundleError
+from .errors import BundleError, SignatureError
 
 __all__ = ["FORMAT_VERSION", "Manifest", "check_file", "parse_manifest", "verify_bundle", "write_bundle"]
 
 FORMAT_VERSION = 1  # bump on any change a reader of the previous version would misread
 RUNTIME_VERSION = "0.1.0"  # the version of edgeslm.runtime; bundles name the minimum they need
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # Ed25519 signature over the exact bytes of manifest.json (see secure/signing.py)
 TASKS = ("text-classification",)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # plain file names: no folders, no `..`
 
@@ -160,18 +162,32 @@ def check_file(name: str, data: bytes, entry: FileEntry) -> None:
         )
 
 
-def verify_bundle(path: Path) -> tuple[Manifest, dict[str, bytes]]:
+def verify_bundle(path: Path, trusted_keys: Sequence[bytes] | None = None) -> tuple[Manifest, dict[str, bytes]]:
     """Read a bundle folder, check the manifest and every listed file; return the manifest and the file bytes.
 
-    The caller loads from the returned bytes, so what was checked is exactly what is used.
+    With ``trusted_keys`` (raw Ed25519 public keys), ``manifest.sig`` must verify against one of them first; the
+    manifest holds every file's sha256, so the signature covers the whole bundle. The caller loads from the returned
+    bytes, so what was checked is exactly what is used.
     """
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"bundle `{path}` is not a folder; pass the bundle/ folder that `edgeslm build` wrote")
     try:
-        manifest = parse_manifest((path / MANIFEST).read_bytes())
+        manifest_bytes = (path / MANIFEST).read_bytes()
     except FileNotFoundError as e:
         raise BundleError(f"bundle `{path}` has no manifest.json; it is incomplete, rebuild or re-download it") from e
+    if trusted_keys is not None:
+        from .secure.signing import verify_signature  # cryptography is needed only for signed bundles
+
+        try:
+            signature = (path / SIGNATURE).read_bytes()
+        except FileNotFoundError as e:
+            raise SignatureError(
+                f"bundle `{path}` is not signed (no {SIGNATURE}) and trusted keys were given; "
+                "sign it with `edgeslm sign`"
+            ) from e
+        verify_signature(manifest_bytes, signature, trusted_keys)
+    manifest = parse_manifest(manifest_bytes)
     blobs: dict[str, bytes] = {}
     for name, entry in manifest.files.items():
         try:

@@ -5,6 +5,9 @@
     ├── DataError           a dataset is missing, empty, or does not have the shape a task needs
     ├── ModelError          a base model or checkpoint cannot be found, verified or loaded
     ├── BundleError         a bundle is missing a file, fails a hash check, or has an unknown format
+    │   └── SignatureError  a bundle's manifest.sig is missing or does not verify against the trusted keys
+    ├── UpdateError         an over-the-air update was refused or failed (the old model keeps serving)
+    ├── ServeError          the local server cannot start (bad bundle, port in use, bad limits)
     └── MissingExtraError   an optional dependency is not installed (the message names the pip install)
 
 Every message says what happened, why, and how to fix it. Foreign exceptions are wrapped with ``raise ... from e``.
@@ -12,7 +15,17 @@ Every message says what happened, why, and how to fix it. Foreign exceptions are
 
 from __future__ import annotations
 
-__all__ = ["BundleError", "ConfigError", "DataError", "EdgeSLMError", "MissingExtraError", "ModelError"]
+__all__ = [
+    "BundleError",
+    "ConfigError",
+    "DataError",
+    "EdgeSLMError",
+    "MissingExtraError",
+    "ModelError",
+    "ServeError",
+    "SignatureError",
+    "UpdateError",
+]
 
 
 class EdgeSLMError(Exception):
@@ -33,6 +46,18 @@ class ModelError(EdgeSLMError):
 
 class BundleError(EdgeSLMError):
     """A bundle is incomplete, tampered with, malformed, or of an unknown format version."""
+
+
+class SignatureError(BundleError):
+    """A bundle's signature is missing or does not verify against the trusted keys."""
+
+
+class UpdateError(EdgeSLMError):
+    """An over-the-air update was refused or failed; the installed model keeps serving."""
+
+
+class ServeError(EdgeSLMError):
+    """The local inference server cannot start."""
 
 
 class MissingExtraError(EdgeSLMError, ImportError):

@@ -137,6 +137,7 @@ def new_classifier(base: Path, labels: tuple[str, ...]) -> TextClassifier:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # its load report lists the pooler we drop on purpose
+    hf_logging.disable_progress_bar()
     try:
         encoder = BertModel.from_pretrained(base, add_pooling_layer=False, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError) as e:

@@ -64,10 +64,15 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 
 
 class Predictor:
-    """Load a bundle (manifest and every file hash verified before the session is built) and classify texts."""
+    """Load a bundle (manifest and every file hash verified before the session is built) and classify texts.
 
-    def __init__(self, bundle: str | Path, *, threads: int | None = None) -> None:
-        manifest, blobs = verify_bundle(Path(bundle))
+    ``trusted_keys``: raw Ed25519 public keys; when given, the bundle must carry a valid ``manifest.sig`` by one.
+    """
+
+    def __init__(
+        self, bundle: str | Path, *, threads: int | None = None, trusted_keys: Sequence[bytes] | None = None
+    ) -> None:
+        manifest, blobs = verify_bundle(Path(bundle), trusted_keys)
         self.manifest: Manifest = manifest
         self.labels = manifest.labels
         try:

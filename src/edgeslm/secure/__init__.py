@@ -1,0 +1,1 @@
+"""Signing and verification of bundles (Ed25519, via cryptography)."""
