@@ -335,5 +335,20 @@ def devices() -> None:
     console.print(table)
 
 
+# Command groups that live beside their code. Each module defines `register(app: typer.Typer) -> None` and
+# imports its heavy libraries inside the commands, so `edgeslm --help` stays fast.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register()
+
+
 def main() -> None:
     app()
