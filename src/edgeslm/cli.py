@@ -320,17 +320,20 @@ def devices() -> None:
     """List the device profiles `--device` accepts."""
     from .devices import known_devices
 
-    table = Table(title="device profiles")
-    for col in ("name", "description", "RAM MB", "storage MB", "runtimes", "source"):
+    table = Table(title="device profiles (budgets for the model; `nan` speed = no published source)")
+    for col in ("name", "class", "description", "RAM MB", "storage MB", "runtimes", "speed vs host", "sources"):
         table.add_column(col)
     for name, d in known_devices().items():
+        speed = "no source" if d["speed_factor"] != d["speed_factor"] else f"{d['speed_factor']:g}x"  # nan: a gap
         table.add_row(
             name,
+            d["class"],
             d["description"],
-            str(d["ram_mb"]),
-            str(d["storage_mb"]),
+            f"{d['ram_mb']:g}",
+            f"{d['storage_mb']:g}",
             ", ".join(d["runtimes"]),
-            d["source"],
+            speed,
+            str(len(d["sources"])),
         )
     console.print(table)
 

@@ -1,4 +1,10 @@
-"""Device profiles are data files (``*.toml`` beside this module), never code. This module only reads them."""
+"""Device profiles are data files (``*.toml`` beside this module), never code. This module only reads them.
+
+Each profile: ``description``, ``class`` (mcu, sbc, phone, host), ``ram_mb`` and ``storage_mb`` (the model's
+budgets), ``runtimes``, ``dtypes``, ``speed_factor`` (times slower than the host; ``nan`` where no source gives
+one), ``active_power_w`` (``nan`` where none), optional benchmark figures, and ``sources`` with [P]rimary or
+[S]econdary flags, from shared/research/facts_devices_network_energy_price.md. A gap stays ``nan``: never invented.
+"""
 
 from __future__ import annotations
 
