@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -149,3 +150,51 @@ def test_distill_layer_choice_keeps_the_top_layer() -> None:
         pick_layers(6, DistillConfig(num_layers=7))
     with pytest.raises(edgeslm.ConfigError, match="names layer 6"):
         pick_layers(6, DistillConfig(layers=(6,)))
+
+
+def test_vocabulary_trim_keeps_covered_texts_exact(built: Path, tiny_data: edgeslm.DataConfig, tmp_path: Path) -> None:
+    import torch
+
+    from edgeslm.compress.trim import trim_vocab
+    from edgeslm.models import load_checkpoint
+    from edgeslm.recipe import TrimConfig
+    from edgeslm.runtime import encode, load_tokenizer
+
+    student = next((built.parent / ".edgeslm-cache").glob("distill-*"))
+    out = trim_vocab(student, tmp_path / "trimmed", TrimConfig(data=tiny_data))
+    info = json.loads((out / "edgeslm.json").read_text())["trim"]
+    assert info["vocab_before"] == 30522 and 1000 < info["vocab_after"] < 30522
+    assert 0 < info["check"]["identical_tokenization"] <= 1 and 0 < info["check"]["label_agreement"] <= 1
+    before, after = load_checkpoint(student), load_checkpoint(out)
+    assert after.model.encoder.embeddings.word_embeddings.num_embeddings == info["vocab_after"]
+    # A train sentence uses only kept pieces: same pieces, same logits.
+    text = load_dataset_text(tiny_data)
+    old_tok = load_tokenizer((student / "tokenizer.json").read_text(), 64)
+    new_tok = load_tokenizer((out / "tokenizer.json").read_text(), 64)
+    assert old_tok.encode(text).tokens == new_tok.encode(text).tokens
+    with torch.no_grad():
+        a = before.model(**{k: torch.from_numpy(v) for k, v in encode(old_tok, [text]).items()})
+        b = after.model(**{k: torch.from_numpy(v) for k, v in encode(new_tok, [text]).items()})
+    assert torch.allclose(a, b, atol=1e-5)
+    # Any text still tokenizes, and never into more [UNK] than before.
+    odd = "zyzzyva quixotically überjazz 🙂"
+    assert new_tok.encode(odd).tokens.count("[UNK]") <= old_tok.encode(odd).tokens.count("[UNK]")
+
+
+def load_dataset_text(data: edgeslm.DataConfig) -> str:
+    return edgeslm.load_dataset(data).train.texts[0]
+
+
+def test_build_with_trim_reuses_the_distilled_student(
+    built: Path, tiny_base: Path, tiny_data: edgeslm.DataConfig
+) -> None:
+    from edgeslm.recipe import TrimConfig
+
+    recipe = dataclasses.replace(_recipe(tiny_base, tiny_data), trim=TrimConfig(enabled=True))
+    result = build(recipe, built.parent / "trimmed")
+    seconds = result.report["step_seconds"]
+    assert seconds["finetune"] == 0.0 and seconds["distill"] == 0.0 and seconds["trim"] > 0
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    assert manifest["extra"]["trim"]["vocab_after"] < 30522
+    assert result.report["trim_check"]["eval_rows"] == 100
+    assert Predictor(result.bundle).predict("a fine film").label in ("negative", "positive")

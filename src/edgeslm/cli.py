@@ -222,6 +222,35 @@ def distill(
 
 @app.command()
 @_friendly
+def trim(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (from finetune or distill).")],
+    out: OutOpt,
+    data: DataOpt = None,
+    recipe: RecipeOpt = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Keep at most N pieces [default: all used].")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Trim the vocabulary to the pieces the train texts use (tokenizer and embeddings together)."""
+    from .compress.trim import trim_vocab
+
+    r = _recipe(recipe, data, data_dir, text_column, label_column, None, None, **{"trim.max_tokens": max_tokens})
+    path = trim_vocab(checkpoint, out, r.trim, force=force)
+    info = json.loads((path / "edgeslm.json").read_text())["trim"]
+    check = info["check"]
+    console.print(
+        f"wrote {path}: vocabulary {info['vocab_before']} -> {info['vocab_after']}; on the eval split "
+        f"{check['identical_tokenization']:.1%} of texts tokenize identically, label agreement "
+        f"{check['label_agreement']:.1%}"
+    )
+
+
+@app.command()
+@_friendly
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (from finetune or distill).")],
     out: OutOpt,
@@ -340,7 +369,7 @@ def devices() -> None:
 
 # Command groups that live beside their code. Each module defines `register(app: typer.Typer) -> None` and
 # imports its heavy libraries inside the commands, so `edgeslm --help` stays fast.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("edgeslm.secure.cli", "edgeslm.ota.cli", "edgeslm.runtime.cli", "edgeslm.cloud.cli")
 
 
 def _register() -> None:

@@ -57,6 +57,7 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
     """Fine-tune, distill, export, quantize, bundle and measure, as the recipe says. Returns the report."""
     from .compress.distill import distill
     from .compress.quantize import quantize
+    from .compress.trim import trim_vocab
     from .evaluate import evaluate
     from .export.onnx import export_onnx
     from .finetune import finetune
@@ -88,6 +89,10 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
     teacher = step("finetune", k_teacher, lambda o: finetune(base, o, rc.finetune))
     k_student = _key("distill", k_teacher, rc.distill)
     student = step("distill", k_student, lambda o: distill(teacher, o, rc.distill))
+    if rc.trim.enabled:
+        k_student = _key("trim", k_student, rc.trim)
+        untrimmed = student
+        student = step("trim", k_student, lambda o: trim_vocab(untrimmed, o, rc.trim))
     k_onnx = _key("export", k_student, rc.export)
     student_onnx = step("export", k_onnx, lambda o: export_onnx(student, o, rc.export))
     k_int8 = _key("quantize", k_onnx, rc.quantize)
@@ -121,6 +126,7 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
                     "teacher_layers": meta.get("teacher_layers"),
                     "export_check": meta["export"]["check"],
                     "quantize": meta["quantize"],
+                    "trim": meta.get("trim"),
                 },
             },
         )
@@ -141,6 +147,7 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
                 "data_source": dataset.source,
                 "train_rows": len(dataset.train),
                 "export_check": meta["export"]["check"],
+                "trim_check": (meta.get("trim") or {}).get("check"),
                 "training": {"teacher": _train_stats(teacher), "student": _train_stats(student)},
                 "step_seconds": timings,
                 "artifacts": {

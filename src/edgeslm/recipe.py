@@ -26,6 +26,7 @@ __all__ = [
     "Int8StaticConfig",
     "QuantizeConfig",
     "Recipe",
+    "TrimConfig",
     "load_recipe",
 ]
 
@@ -122,6 +123,21 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class TrimConfig:
+    """Vocabulary trimming: keep the wordpieces the train texts use, plus every single character."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    enabled: bool = False  # off by default: not lossless on words train never saw (see `trim` check in the report)
+    min_count: int = 1  # keep a piece used at least this often in train
+    max_tokens: int | None = None  # keep at most the N most frequent pieces (characters and specials always kept)
+
+    def __post_init__(self) -> None:
+        _positive("min_count", self.min_count)
+        if self.max_tokens is not None:
+            _positive("max_tokens", self.max_tokens)
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """ONNX export, checked against torch on real sentences."""
 
@@ -153,6 +169,7 @@ class Int8StaticConfig:
         _positive("calibration_rows", self.calibration_rows)
 
 
+_STEPS = ("finetune", "distill", "trim", "export", "quantize", "eval")
 QuantizeConfig = Int8DynamicConfig | Int8StaticConfig
 QUANTIZE_METHODS: dict[str, type[Int8DynamicConfig] | type[Int8StaticConfig]] = {
     "int8-dynamic": Int8DynamicConfig,
@@ -184,20 +201,21 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    trim: TrimConfig = field(default_factory=TrimConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=Int8DynamicConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         # One [data] section feeds every step, so steps can never disagree on the dataset.
-        for name in ("finetune", "distill", "export", "quantize", "eval"):
+        for name in _STEPS:
             step = getattr(self, name)
             if hasattr(step, "data") and step.data != self.data:
                 object.__setattr__(self, name, dataclasses.replace(step, data=self.data))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for name in ("finetune", "distill", "export", "quantize", "eval"):
+        for name in _STEPS:
             out[name].pop("data", None)
         out["quantize"]["method"] = _method_name(self.quantize)
         return out
@@ -215,6 +233,7 @@ _SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "finetune": FinetuneConfig,
     "distill": DistillConfig,
+    "trim": TrimConfig,
     "export": ExportConfig,
     "eval": EvalConfig,
 }

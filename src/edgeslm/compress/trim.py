@@ -1,0 +1,116 @@
+"""Vocabulary trimming: keep the wordpieces the domain uses, rebuild tokenizer.json and the embedding table together.
+
+Hand-written because no library trims a WordPiece tokenizer and its embedding matrix as one consistent edit.
+Any text still tokenizes: every single-character piece (with and without the ``##`` prefix) is kept, so a word whose
+pieces were dropped is split into smaller kept pieces, never turned into [UNK] when it was not before. A text whose
+original pieces were all kept tokenizes exactly as before; `trim` reports how many eval texts that covers and the
+label agreement of the trimmed model with the untrimmed one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import _train
+from .._fs import atomic_dir
+from ..data import load_dataset
+from ..errors import ModelError
+from ..models import load_checkpoint, save_checkpoint
+from ..recipe import TrimConfig
+from ..runtime.predictor import load_tokenizer
+
+__all__ = ["trim_vocab"]
+
+
+def _kept_ids(vocab: dict[str, int], counts: Counter[int], config: TrimConfig, special: set[int]) -> list[int]:
+    """Old token ids to keep, in their old order (so the new ids keep the old relative order)."""
+    used = {i for i, c in counts.items() if c >= config.min_count}
+    if config.max_tokens is not None:
+        used = {i for i, _ in counts.most_common(config.max_tokens) if counts[i] >= config.min_count}
+    chars = {i for tok, i in vocab.items() if len(tok.removeprefix("##")) == 1}
+    return sorted(used | chars | special)
+
+
+def _remap_tokenizer(raw: dict[str, Any], old_to_new: dict[int, int]) -> dict[str, Any]:
+    """The same tokenizer JSON with only the kept pieces and every id that names a piece renumbered."""
+    out = copy.deepcopy(raw)
+    id_to_token = {i: t for t, i in raw["model"]["vocab"].items()}
+    out["model"]["vocab"] = {id_to_token[old]: new for old, new in sorted(old_to_new.items(), key=lambda kv: kv[1])}
+    for token in out.get("added_tokens") or []:
+        token["id"] = old_to_new[token["id"]]
+    post = out.get("post_processor") or {}
+    for special in (post.get("special_tokens") or {}).values():
+        special["ids"] = [old_to_new[i] for i in special["ids"]]
+    if out.get("padding"):
+        out["padding"]["pad_id"] = old_to_new[out["padding"]["pad_id"]]
+    return out
+
+
+def trim_vocab(src: Path, out: Path, config: TrimConfig, *, force: bool = False) -> Path:
+    """Trim the checkpoint ``src``'s vocabulary to what ``config.data``'s train texts use; write it to ``out``."""
+    ckpt = load_checkpoint(Path(src))
+    raw = json.loads((ckpt.path / "tokenizer.json").read_text(encoding="utf-8"))
+    if raw.get("model", {}).get("type") != "WordPiece":
+        raise ModelError(f"vocabulary trimming supports WordPiece tokenizers; `{src}` has {raw['model'].get('type')}")
+    dataset = load_dataset(config.data)
+    tok = load_tokenizer(json.dumps(raw), ckpt.max_length)
+    tok.no_padding()
+    counts: Counter[int] = Counter()
+    for enc in tok.encode_batch(list(dataset.train.texts)):
+        counts.update(enc.ids)
+    special = {t["id"] for t in raw.get("added_tokens") or []}
+    kept = _kept_ids(raw["model"]["vocab"], counts, config, special)
+    old_to_new = {old: new for new, old in enumerate(kept)}
+    new_raw = _remap_tokenizer(raw, old_to_new)
+
+    model = ckpt.model
+    old_emb = model.encoder.embeddings.word_embeddings
+    new_emb = torch.nn.Embedding(len(kept), old_emb.embedding_dim, padding_idx=old_to_new.get(old_emb.padding_idx or 0))
+    new_emb.weight.data.copy_(old_emb.weight.data[torch.tensor(kept)])
+    trimmed = copy.deepcopy(model)
+    trimmed.encoder.embeddings.word_embeddings = new_emb
+    trimmed.encoder.config.vocab_size = len(kept)
+
+    check = _check(model, trimmed, raw, new_raw, list(dataset.eval.texts), ckpt.max_length)
+    meta = {
+        **ckpt.meta,
+        "trim": {
+            "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "data"},
+            "vocab_before": len(raw["model"]["vocab"]),
+            "vocab_after": len(kept),
+            "check": check,
+        },
+    }
+    with atomic_dir(Path(out), force=force) as tmp:
+        (tmp / "tokenizer.json").write_text(json.dumps(new_raw, ensure_ascii=False))
+        save_checkpoint(trimmed, tmp / "ckpt", tmp / "tokenizer.json", ckpt.labels, ckpt.max_length, meta)
+        for f in (tmp / "ckpt").iterdir():
+            f.replace(tmp / f.name)
+        (tmp / "ckpt").rmdir()
+    return Path(out)
+
+
+def _check(model: Any, trimmed: Any, raw: dict, new_raw: dict, texts: list[str], max_length: int) -> dict:
+    """Eval texts tokenized identically (as piece strings), and label agreement of trimmed vs untrimmed."""
+    old_tok = load_tokenizer(json.dumps(raw), max_length)
+    new_tok = load_tokenizer(json.dumps(new_raw), max_length)
+    old_tok.no_padding()
+    new_tok.no_padding()
+    same = sum(
+        a.tokens == b.tokens for a, b in zip(old_tok.encode_batch(texts), new_tok.encode_batch(texts), strict=True)
+    )
+    before = _train.predict_logits(model, load_tokenizer(json.dumps(raw), max_length), texts).argmax(1)
+    after = _train.predict_logits(trimmed, load_tokenizer(json.dumps(new_raw), max_length), texts).argmax(1)
+    return {
+        "eval_rows": len(texts),
+        "identical_tokenization": same / len(texts),
+        "label_agreement": float(np.mean(before == after)),
+    }
