@@ -18,6 +18,7 @@ PUBLIC = [
     "EvalConfig",
     "ExportConfig",
     "FinetuneConfig",
+    "Int4WeightOnlyConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "MissingExtraError",

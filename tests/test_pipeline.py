@@ -198,3 +198,14 @@ def test_build_with_trim_reuses_the_distilled_student(
     assert manifest["extra"]["trim"]["vocab_after"] < 30522
     assert result.report["trim_check"]["eval_rows"] == 100
     assert Predictor(result.bundle).predict("a fine film").label in ("negative", "positive")
+
+
+def test_int4_weight_only_quantization(built: Path, tmp_path: Path) -> None:
+    import onnx
+
+    onnx_dir = next((built.parent / ".edgeslm-cache").glob("export-*"))
+    out = edgeslm.quantize(onnx_dir, tmp_path / "int4", edgeslm.Int4WeightOnlyConfig())
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "MatMulNBits" in ops and "GatherBlockQuantized" in ops
+    assert (out / "model.onnx").stat().st_size < (onnx_dir / "model.onnx").stat().st_size / 4
+    assert json.loads((out / "edgeslm.json").read_text())["quantize"]["block_size"] == 32

@@ -281,7 +281,7 @@ def quantize(
     data_dir: DataDirOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Step 3: INT8 quantization with onnxruntime (dynamic, or static with calibration on real sentences)."""
+    """Step 3: quantization with onnxruntime: INT8 dynamic, INT8 static (calibrated on real sentences), INT4 weights."""
     from .compress.quantize import quantize as run
 
     r = _recipe(recipe, data, data_dir, None, None, None, None, **{"quantize.method": method})
@@ -369,7 +369,12 @@ def devices() -> None:
 
 # Command groups that live beside their code. Each module defines `register(app: typer.Typer) -> None` and
 # imports its heavy libraries inside the commands, so `edgeslm --help` stays fast.
-_COMMAND_MODULES: tuple[str, ...] = ("edgeslm.secure.cli", "edgeslm.ota.cli", "edgeslm.runtime.cli", "edgeslm.cloud.cli")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "edgeslm.secure.cli",
+    "edgeslm.ota.cli",
+    "edgeslm.runtime.cli",
+    "edgeslm.cloud.cli",
+)
 
 
 def _register() -> None:

@@ -22,7 +22,7 @@ from .bundle import MANIFEST, RUNTIME_VERSION, write_bundle
 from .data import load_dataset
 from .devices import check_device
 from .errors import ConfigError
-from .recipe import Int8DynamicConfig, Recipe
+from .recipe import Int4WeightOnlyConfig, Int8DynamicConfig, Recipe
 
 __all__ = ["BuildResult", "build"]
 
@@ -134,7 +134,7 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
             ("teacher", "fp32", teacher),
             ("teacher one-click", "int8", teacher_int8),
             ("student", "fp32", student_onnx),
-            ("student bundle", "int8", tmp / "bundle"),
+            ("student bundle", "int4" if isinstance(rc.quantize, Int4WeightOnlyConfig) else "int8", tmp / "bundle"),
         ]
         measured = []
         for name, precision, path in rows:

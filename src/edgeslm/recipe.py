@@ -22,6 +22,7 @@ __all__ = [
     "EvalConfig",
     "ExportConfig",
     "FinetuneConfig",
+    "Int4WeightOnlyConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "QuantizeConfig",
@@ -169,11 +170,29 @@ class Int8StaticConfig:
         _positive("calibration_rows", self.calibration_rows)
 
 
+@dataclass(frozen=True)
+class Int4WeightOnlyConfig:
+    """onnxruntime MatMulNBits: 4-bit block-quantized weights, activations kept in float (or int8 compute)."""
+
+    block_size: int = 32  # weights per scale; smaller blocks keep more accuracy and cost more scales
+    symmetric: bool = True  # no zero points: smaller and what the fast kernels expect
+    accuracy_level: int = 4  # 4 = int8 compute (VNNI / dot-product kernels); 0 = unset, 1 = fp32
+    embeddings: bool = True  # also quantize the embedding Gather (most of a small student's bytes)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.block_size in (16, 32, 64, 128, 256),
+            f"`block_size` must be 16, 32, 64, 128 or 256, got {self.block_size!r}",
+        )
+        _check(self.accuracy_level in (0, 1, 2, 3, 4), f"`accuracy_level` must be 0-4, got {self.accuracy_level!r}")
+
+
 _STEPS = ("finetune", "distill", "trim", "export", "quantize", "eval")
-QuantizeConfig = Int8DynamicConfig | Int8StaticConfig
-QUANTIZE_METHODS: dict[str, type[Int8DynamicConfig] | type[Int8StaticConfig]] = {
+QuantizeConfig = Int8DynamicConfig | Int8StaticConfig | Int4WeightOnlyConfig
+QUANTIZE_METHODS: dict[str, type[Int8DynamicConfig] | type[Int8StaticConfig] | type[Int4WeightOnlyConfig]] = {
     "int8-dynamic": Int8DynamicConfig,
     "int8-static": Int8StaticConfig,
+    "int4-weight-only": Int4WeightOnlyConfig,
 }
 
 

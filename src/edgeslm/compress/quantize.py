@@ -1,4 +1,4 @@
-"""Step 3, `quantize`: INT8 with onnxruntime's quantization tools. One verb, dispatched on the config's type.
+"""Step 3, `quantize`: INT8 / INT4 with onnxruntime's quantization tools. One verb, dispatched on the config's type.
 
 ``quantize(src, out, Int8DynamicConfig())`` or ``quantize(src, out, Int8StaticConfig(calibration_rows=256))``;
 a new method is a new config class plus a handler registered in ``_HANDLERS``.
@@ -6,6 +6,7 @@ a new method is a new config class plus a handler registered in ``_HANDLERS``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -18,7 +19,7 @@ import numpy as np
 from .._fs import atomic_dir
 from ..data import load_dataset
 from ..errors import ConfigError, ModelError
-from ..recipe import Int8DynamicConfig, Int8StaticConfig, QuantizeConfig
+from ..recipe import Int4WeightOnlyConfig, Int8DynamicConfig, Int8StaticConfig, QuantizeConfig
 from ..runtime.predictor import encode, load_tokenizer
 
 __all__ = ["quantize"]
@@ -56,9 +57,27 @@ def _static(src: Path, dst: Path, config: Int8StaticConfig, meta: dict[str, Any]
     )
 
 
+def _int4(src: Path, dst: Path, config: Int4WeightOnlyConfig, meta: dict[str, Any]) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(src)),
+        bits=4,
+        block_size=config.block_size,
+        is_symmetric=config.symmetric,
+        accuracy_level=config.accuracy_level or None,
+        op_types_to_quantize=("MatMul", "Gather") if config.embeddings else ("MatMul",),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
 _HANDLERS: dict[type, Callable[[Path, Path, Any, dict[str, Any]], None]] = {
     Int8DynamicConfig: _dynamic,
     Int8StaticConfig: _static,
+    Int4WeightOnlyConfig: _int4,
 }
 
 
@@ -84,6 +103,7 @@ def quantize(src: Path, out: Path, config: QuantizeConfig, *, force: bool = Fals
         finally:
             root.setLevel(level)
         shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
-        meta["quantize"] = {"method": type(config).__name__, "per_channel": config.per_channel}
+        meta["quantize"] = {"method": type(config).__name__, **dataclasses.asdict(config)}
+        meta["quantize"].pop("data", None)
         (tmp / "edgeslm.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return Path(out)
