@@ -209,3 +209,30 @@ def test_int4_weight_only_quantization(built: Path, tmp_path: Path) -> None:
     assert "MatMulNBits" in ops and "GatherBlockQuantized" in ops
     assert (out / "model.onnx").stat().st_size < (onnx_dir / "model.onnx").stat().st_size / 4
     assert json.loads((out / "edgeslm.json").read_text())["quantize"]["block_size"] == 32
+
+
+def test_fit_checks_budgets_from_the_graph(built: Path) -> None:
+    from edgeslm.fit import fit, graph_memory
+
+    bundle = built / "bundle"
+    model = (bundle / "model.onnx").read_bytes()
+    short, long = graph_memory(model, 16), graph_memory(model, 64)
+    assert short["weights"] == long["weights"] > 0
+    assert long["activations_peak"] > short["activations_peak"] > 0
+    _, lines = fit(bundle, "host")
+    assert all(line.ok is not False for line in lines)
+    _, lines = fit(bundle, "stm32h7")
+    assert [line.ok for line in lines if line.check == "runtime"] == [False]
+    with pytest.raises(edgeslm.ConfigError, match="unknown device `toaster`"):
+        fit(bundle, "toaster")
+
+
+def test_fit_cli_exit_codes(built: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgeslm.cli import app
+
+    ok = CliRunner().invoke(app, ["fit", str(built / "bundle"), "--device", "host"])
+    assert ok.exit_code == 0 and "pass" in ok.output
+    bad = CliRunner().invoke(app, ["fit", str(built / "bundle"), "--device", "stm32h7"])
+    assert bad.exit_code == 1 and "does not fit stm32h7" in bad.output and "Traceback" not in bad.output

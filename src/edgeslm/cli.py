@@ -367,6 +367,31 @@ def devices() -> None:
     console.print(table)
 
 
+@app.command()
+@_friendly
+def fit(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (from `edgeslm build`).")],
+    device: Annotated[str, typer.Option("--device", help="Device profile name (see `edgeslm devices`).")],
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per text for the activation memory.")] = 128,
+) -> None:
+    """Does the bundle fit the device? Storage, RAM (weights + activation peak from the graph), runtime, dtype."""
+    from .fit import fit as run_fit
+
+    profile, lines = run_fit(bundle, device, seq_len)
+    table = Table(title=f"{bundle} on {device}: {profile['description']}")
+    for col in ("check", "need", "budget", "margin", "result"):
+        table.add_column(col)
+    for line in lines:
+        result = "[green]pass[/green]" if line.ok else "n/a" if line.ok is None else "[red]FAIL[/red]"
+        table.add_row(line.check, line.need, line.budget, line.margin, result)
+    console.print(table)
+    console.print("RAM excludes the runtime's own code and heap (onnxruntime itself needs tens of MB on a CPU).")
+    failed = [line.check for line in lines if line.ok is False]
+    if failed:
+        err.print(f"[red]does not fit {device}:[/red] {'; '.join(failed)}", highlight=False)
+        raise typer.Exit(1)
+
+
 # Command groups that live beside their code. Each module defines `register(app: typer.Typer) -> None` and
 # imports its heavy libraries inside the commands, so `edgeslm --help` stays fast.
 _COMMAND_MODULES: tuple[str, ...] = (
