@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from tokenizers import Tokenizer
 
 from .runtime.predictor import encode
@@ -42,7 +43,43 @@ class TrainSettings(Protocol):
     def seed(self) -> int: ...
 
 
-def progress() -> Progress:
+class _LogProgress:
+    """Where there is no terminal (logs, CI), a line every 10% instead of a live bar that shows only at the end."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[TaskID, dict[str, Any]] = {}
+
+    def __enter__(self) -> _LogProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: int, info: str = "", visible: bool = True) -> TaskID:
+        tid = TaskID(len(self._tasks))
+        self._tasks[tid] = {
+            "desc": description,
+            "total": total,
+            "done": 0,
+            "next": 0.1,
+            "t0": time.monotonic(),
+            "visible": visible,
+        }
+        return tid
+
+    def update(self, tid: TaskID, advance: int = 1, info: str = "") -> None:
+        t = self._tasks[tid]
+        t["done"] += advance
+        share = t["done"] / max(1, t["total"])
+        if t["visible"] and (share >= t["next"] or t["done"] == t["total"]):
+            t["next"] = math.floor(share * 10 + 1) / 10
+            print(f"{t['desc']}: {t['done']}/{t['total']} {info} {time.monotonic() - t['t0']:.0f}s", flush=True)
+
+
+def progress() -> Progress | _LogProgress:
+    """A live bar on a terminal, periodic lines elsewhere."""
+    if not Console().is_terminal:
+        return _LogProgress()
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
