@@ -8,21 +8,27 @@ BIN := $(VENV)/bin
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_INDEX) torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check "uv>=0.13,<0.14"
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[build,ota,serve,dev]"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[build,ota,serve,report,search,dev]"
 	@touch $(STAMP)
+
+# Headless Chromium for the report screenshot test (Debian's package; skipped with a reason where it cannot install).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed: the report screenshot test will be skipped"; }
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/edgeslm build --recipe src/edgeslm/recipes/demo.toml --out out/demo --force
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy

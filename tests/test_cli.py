@@ -136,7 +136,10 @@ def test_build_bad_inputs(tmp_path: Path) -> None:
             "never saw: 'zzz'",
         ),
         (["--data", "sst2", "--base", "no-such-model"], "unknown --base `no-such-model`"),
-        (["--data", "sst2", "--device", "toaster"], "unknown device `toaster`; known devices: esp32-s3, host, iphone-14, pixel-7"),
+        (
+            ["--data", "sst2", "--device", "toaster"],
+            "unknown device `toaster`; known devices: esp32-s3, host, iphone-14, pixel-7",
+        ),
         (
             ["--data", "sst2", "--recipe", _csv(tmp_path / "r.toml", "[distill]\nnum_layers = -1\n")],
             "`num_layers` must be > 0, got -1",

@@ -25,7 +25,7 @@ FORMAT_VERSION = 1  # bump on any change a reader of the previous version would 
 RUNTIME_VERSION = "0.1.0"  # the version of edgeslm.runtime; bundles name the minimum they need
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # Ed25519 signature over the exact bytes of manifest.json (see secure/signing.py)
-TASKS = ("text-classification",)
+TASKS = ("text-classification", "embedding")  # an embedding bundle has no labels
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # plain file names: no folders, no `..`
 
 
@@ -109,7 +109,7 @@ def parse_manifest(data: bytes) -> Manifest:
         raise BundleError(f"bundle task `{task}` is not one this runtime runs ({', '.join(TASKS)}); upgrade edgeslm")
     labels = need("labels", list)
     inputs = need("inputs", list)
-    if not labels or not all(isinstance(x, str) for x in labels):
+    if (not labels and task != "embedding") or not all(isinstance(x, str) for x in labels):
         raise BundleError("manifest.json `labels` must be a non-empty list of strings; rebuild the bundle")
     if not inputs or not all(isinstance(x, str) for x in inputs):
         raise BundleError("manifest.json `inputs` must be a non-empty list of strings; rebuild the bundle")

@@ -1,8 +1,9 @@
 """`edgeslm build`: run a recipe's steps in order, cache each step's output, assemble the bundle and the report.
 
 Each step writes its own folder under ``<out>/../.edgeslm-cache/<step>-<key>``, where the key hashes the step's
-config and its input. A re-run (or a run resumed after Ctrl-C) reuses every finished step. The final folder
-(``bundle/``, ``report.json``, ``report.html``) appears in one rename at the end, or not at all.
+config and its input. A re-run (or a run resumed after Ctrl-C) reuses every finished step, and so does the
+accuracy-aware search, whose trials share the teacher. The final folder (``bundle/``, ``report.json``,
+``report.html``) appears in one rename at the end, or not at all.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 
 from . import __version__
 from ._fs import atomic_dir, write_json
-from .bundle import MANIFEST, RUNTIME_VERSION, write_bundle
-from .data import load_dataset
+from .bundle import MANIFEST, RUNTIME_VERSION, Manifest, write_bundle
+from .data import Dataset, load_dataset
 from .devices import check_device
 from .errors import ConfigError
-from .recipe import Int4WeightOnlyConfig, Int8DynamicConfig, Recipe
+from .recipe import EvalConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Recipe
 
 __all__ = ["BuildResult", "build"]
 
@@ -41,27 +42,121 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _cached(cache: Path, name: str, key: str, run: Callable[[Path], Path], log: Log) -> tuple[Path, float]:
-    """Run a step into ``cache/name-key`` unless that folder already exists (then reuse it)."""
-    out = cache / f"{name}-{key}"
-    if out.is_dir():
-        log(f"[dim]{name}: reusing {out}[/dim]")
-        return out, 0.0
-    log(f"[bold]{name}[/bold] …")
-    t = time.monotonic()
-    run(out)
-    return out, time.monotonic() - t
+class Steps:
+    """The recipe's steps over one cache folder; every result is a cached folder reused when its key matches."""
+
+    def __init__(self, recipe: Recipe, cache: Path, log: Log) -> None:
+        from .models import MINILM_SHA256, resolve_base
+
+        self.recipe, self.cache, self.log = recipe, cache, log
+        self.base = resolve_base(recipe.base)
+        self.dataset: Dataset = load_dataset(recipe.data)  # fail on bad data before any long step
+        self.base_key = MINILM_SHA256["model.safetensors"] if recipe.base == "minilm" else str(self.base.resolve())
+        self.seconds: dict[str, float] = {}
+
+    def _step(self, name: str, key: str, run: Callable[[Path], Path]) -> tuple[Path, str]:
+        out = self.cache / f"{name}-{key}"
+        if out.is_dir():
+            self.log(f"[dim]{name}: reusing {out}[/dim]")
+            self.seconds[name] = 0.0
+            return out, key
+        self.log(f"[bold]{name}[/bold] …")
+        t = time.monotonic()
+        run(out)
+        self.seconds[name] = round(time.monotonic() - t, 1)
+        return out, key
+
+    def teacher(self) -> tuple[Path, str]:
+        from .finetune import finetune
+
+        rc = self.recipe
+        return self._step(
+            "finetune", _key("finetune", self.base_key, rc.finetune), lambda o: finetune(self.base, o, rc.finetune)
+        )
+
+    def one_click(self, teacher: Path, k_teacher: str) -> tuple[Path, Path]:
+        """The baseline a user would otherwise ship: the teacher, exported and dynamically quantized."""
+        from .compress.quantize import quantize
+        from .export.onnx import export_onnx
+
+        rc = self.recipe
+        onnx, k = self._step(
+            "export-teacher", _key("export", k_teacher, rc.export), lambda o: export_onnx(teacher, o, rc.export)
+        )
+        int8, _ = self._step(
+            "quantize-teacher",
+            _key("quantize", k, Int8DynamicConfig()),
+            lambda o: quantize(onnx, o, Int8DynamicConfig()),
+        )
+        return onnx, int8
+
+    def student(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> dict[str, Path]:
+        """Distill (and trim), export and quantize a student; returns the folders of each stage."""
+        from .compress.distill import distill
+        from .compress.quantize import quantize
+        from .compress.trim import trim_vocab
+        from .export.onnx import export_onnx
+
+        rc = recipe or self.recipe
+        ckpt, k = self._step(
+            "distill", _key("distill", k_teacher, rc.distill), lambda o: distill(teacher, o, rc.distill)
+        )
+        if rc.trim.enabled:
+            untrimmed = ckpt
+            ckpt, k = self._step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
+        onnx, k = self._step("export", _key("export", k, rc.export), lambda o: export_onnx(ckpt, o, rc.export))
+        quantized, _ = self._step(
+            "quantize", _key("quantize", k, rc.quantize), lambda o: quantize(onnx, o, rc.quantize)
+        )
+        return {"student": ckpt, "student_onnx": onnx, "student_quantized": quantized}
+
+    def measure(self, path: Path, config: EvalConfig) -> dict[str, Any]:
+        """``evaluate`` in a fresh process, cached beside the model (keyed by the eval config)."""
+        from .evaluate import evaluate
+
+        cached = self.cache / f"eval-{_key(str(path.resolve()), config)}.json"
+        if path.is_relative_to(self.cache) and cached.is_file():
+            result: dict[str, Any] = json.loads(cached.read_text())
+            return result
+        result = evaluate(path, config)
+        if path.is_relative_to(self.cache):
+            write_json(cached, result)
+        return result
+
+
+def write_student_bundle(quantized: Path, out: Path, recipe: Recipe, devices: list[dict[str, Any]]) -> Manifest:
+    """Package a quantized student folder as a bundle (manifest without metrics; the caller adds them)."""
+    meta = json.loads((quantized / "edgeslm.json").read_text(encoding="utf-8"))
+    return write_bundle(
+        {"model.onnx": quantized / "model.onnx", "tokenizer.json": quantized / "tokenizer.json"},
+        out,
+        {
+            "task": "text-classification",
+            "labels": tuple(meta["labels"]),
+            "max_length": int(meta["max_length"]),
+            "inputs": ("input_ids", "attention_mask", "token_type_ids"),
+            "model": "model.onnx",
+            "tokenizer": "tokenizer.json",
+            "min_runtime_version": RUNTIME_VERSION,
+            "target_devices": tuple(d["name"] for d in devices),
+            "recipe": recipe.to_dict(),
+            "extra": {
+                "edgeslm_version": __version__,
+                "teacher_layers": meta.get("teacher_layers"),
+                "export_check": meta["export"]["check"],
+                "quantize": meta["quantize"],
+                "trim": meta.get("trim"),
+            },
+        },
+    )
+
+
+def precision(recipe: Recipe) -> str:
+    return "int4" if isinstance(recipe.quantize, Int4WeightOnlyConfig) else "int8"
 
 
 def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = None) -> BuildResult:
     """Fine-tune, distill, export, quantize, bundle and measure, as the recipe says. Returns the report."""
-    from .compress.distill import distill
-    from .compress.quantize import quantize
-    from .compress.trim import trim_vocab
-    from .evaluate import evaluate
-    from .export.onnx import export_onnx
-    from .finetune import finetune
-    from .models import MINILM_SHA256, resolve_base
     from .report import compare, write_html
 
     say: Log = log or (lambda _m: None)
@@ -69,97 +164,43 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
     if out.exists() and not force:
         raise ConfigError(f"output `{out}` already exists; choose another path or pass --force to replace it")
     devices = [check_device(recipe.device)] if recipe.device else []
-    base = resolve_base(recipe.base)
-    dataset = load_dataset(recipe.data)  # fail on bad data before any long step
+    steps = Steps(recipe, out.parent / ".edgeslm-cache", say)
+    ds = steps.dataset
     say(
-        f"data: {dataset.name} from {dataset.source}: {len(dataset.train)} train rows, "
-        f"{len(dataset.eval)} {dataset.eval_split} rows, {len(dataset.label_names)} labels"
+        f"data: {ds.name} from {ds.source}: {len(ds.train)} train rows, {len(ds.eval)} {ds.eval_split} rows, "
+        f"{len(ds.label_names)} labels"
     )
-    cache = out.parent / ".edgeslm-cache"
-    base_key = MINILM_SHA256["model.safetensors"] if recipe.base == "minilm" else str(base.resolve())
-    timings: dict[str, float] = {}
+    teacher, k_teacher = steps.teacher()
+    student = steps.student(teacher, k_teacher)
+    teacher_onnx, teacher_int8 = steps.one_click(teacher, k_teacher)
 
-    def step(name: str, key: str, run: Callable[[Path], Path]) -> Path:
-        path, seconds = _cached(cache, name, key, run, say)
-        timings[name] = round(seconds, 1)
-        return path
-
-    rc = recipe
-    k_teacher = _key("finetune", base_key, rc.finetune)
-    teacher = step("finetune", k_teacher, lambda o: finetune(base, o, rc.finetune))
-    k_student = _key("distill", k_teacher, rc.distill)
-    student = step("distill", k_student, lambda o: distill(teacher, o, rc.distill))
-    if rc.trim.enabled:
-        k_student = _key("trim", k_student, rc.trim)
-        untrimmed = student
-        student = step("trim", k_student, lambda o: trim_vocab(untrimmed, o, rc.trim))
-    k_onnx = _key("export", k_student, rc.export)
-    student_onnx = step("export", k_onnx, lambda o: export_onnx(student, o, rc.export))
-    k_int8 = _key("quantize", k_onnx, rc.quantize)
-    student_int8 = step("quantize", k_int8, lambda o: quantize(student_onnx, o, rc.quantize))
-    # The one-click baseline a user would otherwise ship: the teacher, exported and dynamically quantized.
-    k_t_onnx = _key("export", k_teacher, rc.export)
-    teacher_onnx = step("export-teacher", k_t_onnx, lambda o: export_onnx(teacher, o, rc.export))
-    teacher_int8 = step(
-        "quantize-teacher",
-        _key("quantize", k_t_onnx, Int8DynamicConfig()),
-        lambda o: quantize(teacher_onnx, o, Int8DynamicConfig()),
-    )
-
-    meta = json.loads((student_int8 / "edgeslm.json").read_text(encoding="utf-8"))
     with atomic_dir(out, force=force) as tmp:
-        manifest = write_bundle(
-            {"model.onnx": student_int8 / "model.onnx", "tokenizer.json": student_int8 / "tokenizer.json"},
-            tmp / "bundle",
-            {
-                "task": "text-classification",
-                "labels": tuple(meta["labels"]),
-                "max_length": int(meta["max_length"]),
-                "inputs": ("input_ids", "attention_mask", "token_type_ids"),
-                "model": "model.onnx",
-                "tokenizer": "tokenizer.json",
-                "min_runtime_version": RUNTIME_VERSION,
-                "target_devices": tuple(d["name"] for d in devices),
-                "recipe": recipe.to_dict(),
-                "extra": {
-                    "edgeslm_version": __version__,
-                    "teacher_layers": meta.get("teacher_layers"),
-                    "export_check": meta["export"]["check"],
-                    "quantize": meta["quantize"],
-                    "trim": meta.get("trim"),
-                },
-            },
-        )
+        manifest = write_student_bundle(student["student_quantized"], tmp / "bundle", recipe, devices)
         rows = [
             ("teacher", "fp32", teacher),
             ("teacher one-click", "int8", teacher_int8),
-            ("student", "fp32", student_onnx),
-            ("student bundle", "int4" if isinstance(rc.quantize, Int4WeightOnlyConfig) else "int8", tmp / "bundle"),
+            ("student", "fp32", student["student_onnx"]),
+            ("student bundle", precision(recipe), tmp / "bundle"),
         ]
         measured = []
-        for name, precision, path in rows:
-            say(f"measuring {name} {precision} …")
-            measured.append({"name": name, "precision": precision, **evaluate(path, recipe.eval)})
-        report = compare(measured, dataset_name=dataset.name, eval_split=dataset.eval_split)
+        for name, prec, path in rows:
+            say(f"measuring {name} {prec} …")
+            measured.append({"name": name, "precision": prec, **steps.measure(path, recipe.eval)})
+        report = compare(measured, dataset_name=ds.name, eval_split=ds.eval_split)
         report.update(
             {
                 "recipe": recipe.to_dict(),
-                "data_source": dataset.source,
-                "train_rows": len(dataset.train),
-                "export_check": meta["export"]["check"],
-                "trim_check": (meta.get("trim") or {}).get("check"),
-                "training": {"teacher": _train_stats(teacher), "student": _train_stats(student)},
-                "step_seconds": timings,
+                "data_source": ds.source,
+                "train_rows": len(ds.train),
+                "export_check": manifest.extra["export_check"],
+                "trim_check": (manifest.extra.get("trim") or {}).get("check"),
+                "training": {"teacher": _train_stats(teacher), "student": _train_stats(student["student"])},
+                "step_seconds": steps.seconds,
                 "artifacts": {
-                    name: str(path)
-                    for name, path in (
-                        ("teacher", teacher),
-                        ("teacher_onnx", teacher_onnx),
-                        ("teacher_int8", teacher_int8),
-                        ("student", student),
-                        ("student_onnx", student_onnx),
-                        ("student_int8", student_int8),
-                    )
+                    "teacher": str(teacher),
+                    "teacher_onnx": str(teacher_onnx),
+                    "teacher_int8": str(teacher_int8),
+                    **{k: str(v) for k, v in student.items()},
                 },
                 "edgeslm_version": __version__,
             }

@@ -12,6 +12,7 @@ from typing import overload
 
 from ..bundle import Manifest, verify_bundle
 from ..errors import BundleError, ConfigError, MissingExtraError
+from .providers import Execution, build_session
 
 try:
     import numpy as np
@@ -42,9 +43,23 @@ def load_tokenizer(data: str, max_length: int) -> Tokenizer:
     return tok
 
 
+def _valid_utf8(text: str) -> str:
+    """The text with lone surrogates (legal in a Python str and in JSON, not in UTF-8) replaced by U+FFFD.
+
+    tokenizers refuses such a string with a TypeError; a fuzzer or a JSON body with "\\ud800" sends one.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
 def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """Token ids, attention mask and token type ids as int64 arrays of shape (batch, longest)."""
-    encodings = tokenizer.encode_batch(list(texts))
+    encodings = tokenizer.encode_batch([_valid_utf8(t) for t in texts])
     return {
         "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
         "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
@@ -67,33 +82,72 @@ class Predictor:
     """Load a bundle (manifest and every file hash verified before the session is built) and classify texts.
 
     ``trusted_keys``: raw Ed25519 public keys; when given, the bundle must carry a valid ``manifest.sig`` by one.
+    ``providers``: execution providers to try in order (``cuda``, ``xnnpack``, ``auto``, ...); the CPU is always
+    the last resort, and ``execution`` records where the session runs and why faster ones were skipped.
+    An ``embedding`` bundle answers ``embed`` instead of ``predict``.
     """
 
+    CHUNK = 64  # texts per session run: 64 x 128 tokens of MiniLM activations is about 100 MB
+
     def __init__(
-        self, bundle: str | Path, *, threads: int | None = None, trusted_keys: Sequence[bytes] | None = None
+        self,
+        bundle: str | Path,
+        *,
+        threads: int | None = None,
+        trusted_keys: Sequence[bytes] | None = None,
+        providers: Sequence[str] | None = None,
     ) -> None:
         manifest, blobs = verify_bundle(Path(bundle), trusted_keys)
         self.manifest: Manifest = manifest
         self.labels = manifest.labels
+        self.task = manifest.task
         try:
             self._tokenizer = load_tokenizer(blobs[manifest.tokenizer].decode("utf-8"), manifest.max_length)
         except Exception as e:  # tokenizers raises plain Exception on bad JSON
             raise BundleError(f"bundle tokenizer `{manifest.tokenizer}` does not load ({e}); rebuild the bundle") from e
         try:
-            self._session = ort.InferenceSession(
-                blobs[manifest.model], session_options(threads), providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise BundleError(f"bundle model `{manifest.model}` does not load ({e}); rebuild the bundle") from e
+            session, execution = build_session(blobs[manifest.model], session_options(threads), providers)
+        except BundleError as e:
+            raise BundleError(f"bundle model `{manifest.model}`: {e}") from e
+        self._session = session
+        self.execution: Execution = execution  # the provider it runs on, and why faster ones were skipped
         self._inputs = [i.name for i in self._session.get_inputs()]
         if set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}:
             raise BundleError(f"bundle model expects inputs {self._inputs}; this runtime feeds ids, mask and types")
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw logits, shape (len(texts), labels)."""
-        feed = encode(self._tokenizer, texts)
-        (out,) = self._session.run(None, {k: feed[k] for k in self._inputs})
-        return np.asarray(out, dtype=np.float32)
+        """Raw logits, shape (len(texts), labels); for an embedding bundle, the vectors (len(texts), dim).
+
+        Runs ``CHUNK`` texts at a time, so a list of thousands costs time, not gigabytes of activations.
+        """
+        parts = []
+        for start in range(0, len(texts), self.CHUNK):
+            feed = encode(self._tokenizer, texts[start : start + self.CHUNK])
+            (out,) = self._session.run(None, {k: feed[k] for k in self._inputs})
+            parts.append(np.asarray(out, dtype=np.float32))
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length sentence vectors, shape (len(texts), dim), from an ``embedding`` bundle."""
+        if self.task != "embedding":
+            raise ConfigError(
+                f"this bundle's task is `{self.task}`, not `embedding`; use predict(), or build an "
+                "embedding bundle with `edgeslm.embedding.build_embedding_bundle`"
+            )
+        batch = list(texts)
+        if not all(isinstance(t, str) for t in batch):
+            raise ConfigError("embed() takes a list of str; convert the inputs to text first")
+        if not batch:
+            return np.zeros((0, 0), dtype=np.float32)
+        return self.logits(batch)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model sees for each text (special tokens included, after truncation)."""
+        return [sum(e.attention_mask) for e in self._tokenizer.encode_batch([_valid_utf8(t) for t in texts])]
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each text is longer than ``manifest.max_length`` tokens (the model sees only its start)."""
+        return [bool(e.overflowing) for e in self._tokenizer.encode_batch([_valid_utf8(t) for t in texts])]
 
     @overload
     def predict(self, texts: str) -> Prediction: ...  # type: ignore[overload-overlap]
@@ -106,6 +160,8 @@ class Predictor:
         A dynamic-INT8 bundle picks activation scales per call, so a text's scores can move slightly (not its
         label, in our tests) with its batch neighbours; call with one text at a time for bit-exact repeatability.
         """
+        if self.task != "text-classification":
+            raise ConfigError(f"this bundle's task is `{self.task}`; use embed() for an embedding bundle")
         single = isinstance(texts, str)
         batch: list[str] = [texts] if isinstance(texts, str) else list(texts)
         if not all(isinstance(t, str) for t in batch):
