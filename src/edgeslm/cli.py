@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import EdgeSLMError
+from .errors import ConfigError, EdgeSLMError
 from .recipe import QUANTIZE_METHODS, Recipe, load_recipe
 
 app = typer.Typer(
@@ -108,6 +108,30 @@ def _table(report: dict[str, Any]) -> Table:
     return table
 
 
+def _search_table(report: dict[str, Any]) -> None:
+    table = Table(title=f"search for {report['device']}: every trial is a real bundle (* = Pareto front)")
+    for col in ("trial", "layers", "quantize", "trim", "accuracy", "p50 ms", "MB", "fits"):
+        table.add_column(col, justify="right")
+    pareto = {r["trial"] for r in report["pareto"]}
+    for r in report["trials"]:
+        mark = "*" if r["trial"] in pareto else ""
+        table.add_row(
+            f"{r['trial']}{mark}",
+            str(r["layers"]),
+            r["quantize"],
+            "on" if r["trim"] else "off",
+            f"{r['accuracy']:.4f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['size_mb']:.2f}",
+            "yes" if r["fits"] else "no",
+        )
+    console.print(table)
+    console.print(
+        f"teacher accuracy {report['teacher']['accuracy']:.4f}; chosen trial {report['chosen']['trial']}: "
+        f"{report['verdict']}"
+    )
+
+
 @app.command()
 @_friendly
 def build(
@@ -126,9 +150,23 @@ def build(
     label_column: LabelColOpt = None,
     dev_file: DevFileOpt = None,
     max_train_rows: RowsOpt = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-accuracy-drop",
+            help="Search student recipes for --device, keeping accuracy within this many points of the teacher.",
+        ),
+    ] = None,
+    trials: Annotated[int | None, typer.Option("--trials", help="Search trials to reach [default: 8].")] = None,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna storage URL shared by search workers [default: a file].")
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Fine-tune a teacher, distill a student, export, quantize, bundle, and measure them side by side.
+
+    With --device and --max-accuracy-drop, search student recipes (depth, quantization, vocabulary trim) for the
+    fastest bundle that fits the device and keeps the accuracy; the search resumes after an interruption.
 
     Writes OUT/bundle (model.onnx, tokenizer.json, manifest.json), OUT/report.json and OUT/report.html.
     Finished steps are cached beside OUT, so a re-run or a run resumed after Ctrl-C skips them.
@@ -143,8 +181,24 @@ def build(
         label_column,
         dev_file,
         max_train_rows,
-        **{"base": base, "device": device, "distill.num_layers": layers},
+        **{
+            "base": base,
+            "device": device,
+            "distill.num_layers": layers,
+            "search.max_accuracy_drop": max_accuracy_drop,
+            "search.trials": trials,
+            "search.storage": storage,
+        },
     )
+    if max_accuracy_drop is not None or trials is not None or storage is not None:
+        from .search import search
+
+        if not device:
+            raise ConfigError("the accuracy-aware search needs a target: add --device NAME (see `edgeslm devices`)")
+        found = search(r, out, device, force=force, log=console.print)
+        _search_table(found.report)
+        console.print(f"wrote {found.bundle} and {out / 'search.json'}")
+        return
     result = run_build(r, out, force=force, log=console.print)
     console.print(_table(result.report))
     ratios = result.report["ratios"]

@@ -62,7 +62,11 @@ class Steps:
             return out, key
         self.log(f"[bold]{name}[/bold] …")
         t = time.monotonic()
-        run(out)
+        try:
+            run(out)
+        except (ConfigError, OSError):
+            if not out.is_dir():  # else another worker (a parallel search) finished the same step first
+                raise
         self.seconds[name] = round(time.monotonic() - t, 1)
         return out, key
 

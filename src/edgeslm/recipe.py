@@ -27,6 +27,7 @@ __all__ = [
     "Int8StaticConfig",
     "QuantizeConfig",
     "Recipe",
+    "SearchConfig",
     "TrimConfig",
     "load_recipe",
 ]
@@ -212,6 +213,29 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """The accuracy-aware search over student recipes (`edgeslm build --device D --max-accuracy-drop X`)."""
+
+    trials: int = 8  # finished trials to reach; a resumed search counts the ones already in its storage
+    max_accuracy_drop: float = 0.5  # accuracy points the bundle may lose against the fine-tuned teacher
+    layers: tuple[int, ...] = (1, 2, 3)  # student depths to try
+    quantize: tuple[str, ...] = ("int8-dynamic", "int4-weight-only")  # quantization methods to try
+    trim: tuple[bool, ...] = (False, True)  # with and without vocabulary trimming
+    storage: str | None = None  # Optuna storage URL (sqlite:///..., postgresql://...); None: a file beside the output
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("trials", self.trials)
+        _check(
+            self.max_accuracy_drop == self.max_accuracy_drop and self.max_accuracy_drop >= 0,
+            f"`max_accuracy_drop` must be a number >= 0 (accuracy points), got {self.max_accuracy_drop!r}",
+        )
+        _check(bool(self.layers) and min(self.layers) > 0, f"`layers` must list depths > 0, got {self.layers!r}")
+        unknown = [q for q in self.quantize if q not in QUANTIZE_METHODS]
+        _check(not unknown, f"`quantize` must name methods from {', '.join(QUANTIZE_METHODS)}, got {unknown!r}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything `edgeslm build` does, as data. Every field has a default."""
 
@@ -224,6 +248,7 @@ class Recipe:
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=Int8DynamicConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
         # One [data] section feeds every step, so steps can never disagree on the dataset.
@@ -255,6 +280,7 @@ _SECTIONS: dict[str, type] = {
     "trim": TrimConfig,
     "export": ExportConfig,
     "eval": EvalConfig,
+    "search": SearchConfig,
 }
 
 
@@ -265,8 +291,10 @@ def _coerce(where: str, key: str, value: Any, hint: Any) -> Any:
         return None
     for option in options:
         origin = typing.get_origin(option)
-        if origin is tuple and isinstance(value, list) and all(isinstance(v, int) for v in value):
-            return tuple(value)
+        if origin is tuple and isinstance(value, list | tuple):
+            (item, *_rest) = typing.get_args(option)
+            if all(type(v) is item for v in value):
+                return tuple(value)
         if option is float and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         if option in (int, str, bool) and type(value) is option:

@@ -1,0 +1,171 @@
+"""`edgeslm build --device D --max-accuracy-drop X`: an accuracy-aware search over student recipes.
+
+Optuna (multi-objective TPE: accuracy up, p50 latency down, size down) proposes a depth, a quantization method and
+whether to trim the vocabulary; every trial is a real bundle, built through the same cached steps as `build` and
+measured the same way, then checked against the device with `fit`. The study lives in an Optuna storage (a SQLite
+file by default, any database URL to spread trials over several machines), so an interrupted search resumes where it
+stopped and several workers can share one study. It always ends with an answer: the fastest bundle that fits and
+keeps the accuracy, or, when none does, the closest one and by how much it misses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._fs import atomic_dir, write_json
+from .bundle import MANIFEST, parse_manifest
+from .devices import check_device
+from .errors import ConfigError, MissingExtraError
+from .fit import fit
+from .pipeline import Log, Steps, _key, precision, write_student_bundle
+from .recipe import QUANTIZE_METHODS, Recipe
+
+__all__ = ["SearchResult", "search"]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    out: Path
+    bundle: Path
+    report: dict[str, Any]
+
+
+def _trial_recipe(recipe: Recipe, layers: int, method: str, trim: bool) -> Recipe:
+    return dataclasses.replace(
+        recipe,
+        distill=dataclasses.replace(recipe.distill, num_layers=layers, layers=None),
+        trim=dataclasses.replace(recipe.trim, enabled=trim),
+        quantize=QUANTIZE_METHODS[method](),
+    )
+
+
+def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows no other row beats on all of accuracy (up), p50 (down) and size (down)."""
+
+    def dominated(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        no_worse = b["accuracy"] >= a["accuracy"] and b["p50_ms"] <= a["p50_ms"] and b["size_mb"] <= a["size_mb"]
+        better = b["accuracy"] > a["accuracy"] or b["p50_ms"] < a["p50_ms"] or b["size_mb"] < a["size_mb"]
+        return no_worse and better
+
+    return sorted((a for a in rows if not any(dominated(a, b) for b in rows)), key=lambda r: r["p50_ms"])
+
+
+def choose(rows: list[dict[str, Any]], teacher_accuracy: float, tolerance: float) -> tuple[dict[str, Any], str]:
+    """The fastest row that fits and keeps the accuracy; otherwise the closest, with what it misses."""
+    floor = teacher_accuracy - tolerance / 100
+    good = [r for r in rows if r["fits"] and r["accuracy"] >= floor]
+    if good:
+        best = min(good, key=lambda r: (r["p50_ms"], r["size_mb"]))
+        return best, f"fits the device and keeps accuracy within {tolerance} points of the teacher"
+    fitting = [r for r in rows if r["fits"]]
+    if fitting:
+        best = max(fitting, key=lambda r: r["accuracy"])
+        miss = (floor - best["accuracy"]) * 100
+        return best, (
+            f"no recipe kept accuracy within {tolerance} points; the most accurate that fits misses by {miss:.2f} "
+            "points: distill longer, on more data, or allow a larger drop"
+        )
+    best = min(rows, key=lambda r: r["size_mb"])
+    return best, (
+        f"no recipe fits the device; the smallest ({best['size_mb']:.2f} MB) fails {', '.join(best['failed'])}: "
+        "choose a larger device or a smaller recipe space"
+    )
+
+
+def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: Log | None = None) -> SearchResult:
+    """Search student recipes for ``device`` within ``recipe.search``; write the chosen bundle and the report."""
+    try:
+        import optuna
+    except ImportError as e:
+        raise MissingExtraError("the search needs optuna; fix: pip install 'edgeslm[search]'") from e
+
+    say: Log = log or (lambda _m: None)
+    out, config = Path(out), recipe.search
+    if out.exists() and not force:
+        raise ConfigError(f"output `{out}` already exists; choose another path or pass --force to replace it")
+    profile = check_device(device)
+    cache = out.parent / ".edgeslm-cache"
+    steps = Steps(recipe, cache, say)
+    teacher, k_teacher = steps.teacher()
+    teacher_metrics = steps.measure(teacher, recipe.eval)
+    cache.mkdir(parents=True, exist_ok=True)
+    storage = config.storage or f"sqlite:///{(cache / 'search.db').resolve()}"
+    study_name = f"edgeslm-{_key(k_teacher, recipe.distill, recipe.trim, recipe.export, recipe.eval, device)}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        directions=["maximize", "minimize", "minimize"],
+        sampler=optuna.samplers.TPESampler(seed=config.seed),
+        load_if_exists=True,
+    )
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        layers = trial.suggest_categorical("layers", list(config.layers))
+        method = trial.suggest_categorical("quantize", list(config.quantize))
+        trim = trial.suggest_categorical("trim", list(config.trim))
+        r = _trial_recipe(recipe, layers, method, trim)
+        say(f"trial {trial.number}: {layers} layer(s), {method}, trim {'on' if trim else 'off'}")
+        parts = steps.student(teacher, k_teacher, r)
+        bundle = cache / f"bundle-{_key(str(parts['student_quantized']), device)}"
+        if not bundle.is_dir():
+            with contextlib.suppress(ConfigError, OSError):  # another worker may write the same bundle first
+                write_student_bundle(parts["student_quantized"], bundle, r, [profile])
+        metrics = steps.measure(bundle, recipe.eval)
+        _, lines = fit(bundle, device)
+        failed = [line.check.split(" (")[0] for line in lines if line.ok is False]
+        trial.set_user_attr("bundle", str(bundle))
+        trial.set_user_attr("fits", not failed)
+        trial.set_user_attr("failed", failed)
+        trial.set_user_attr("parameters", metrics["parameters"])
+        return metrics["accuracy"], metrics["p50_ms"], metrics["size_mb"]
+
+    done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
+    if done < config.trials:
+        study.optimize(
+            objective,
+            n_trials=config.trials - done,
+            callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=(optuna.trial.TrialState.COMPLETE,))],
+        )
+    rows = [
+        {
+            "trial": t.number,
+            **t.params,
+            "accuracy": t.values[0],
+            "p50_ms": t.values[1],
+            "size_mb": t.values[2],
+            **t.user_attrs,
+        }
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    ]
+    best, verdict = choose(rows, teacher_metrics["accuracy"], config.max_accuracy_drop)
+    say(f"chosen: trial {best['trial']} — {verdict}")
+    source = Path(best["bundle"])
+    manifest = parse_manifest((source / MANIFEST).read_bytes())
+    chosen_metrics = steps.measure(source, recipe.eval)
+    report = {
+        "device": device,
+        "teacher": {k: v for k, v in teacher_metrics.items() if k != "predictions"},
+        "tolerance_points": config.max_accuracy_drop,
+        "storage": storage if config.storage else "sqlite file in the build cache",
+        "study": study_name,
+        "trials": rows,
+        "pareto": _pareto(rows),
+        "chosen": best,
+        "verdict": verdict,
+        "precision": precision(_trial_recipe(recipe, best["layers"], best["quantize"], best["trim"])),
+    }
+    with atomic_dir(out, force=force) as tmp:
+        shutil.copytree(source, tmp / "bundle")
+        final = dataclasses.replace(manifest, metrics={k: v for k, v in chosen_metrics.items() if k != "predictions"})
+        write_json(tmp / "bundle" / MANIFEST, final.to_dict())
+        write_json(tmp / "search.json", report)
+    say(json.dumps({k: best[k] for k in ("layers", "quantize", "trim", "accuracy", "p50_ms", "size_mb")}))
+    return SearchResult(out, out / "bundle", report)
