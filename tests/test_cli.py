@@ -167,3 +167,15 @@ def test_base_folder_with_pickled_weights_is_refused(tmp_path: Path) -> None:
 def test_devices_lists_profiles() -> None:
     result = runner.invoke(app, ["devices"])
     assert result.exit_code == 0 and "host" in result.output
+
+
+def test_predict_with_trusted_keys(good_bundle: Path, tmp_path: Path) -> None:
+    from edgeslm.secure.signing import generate_keypair, sign_bundle
+
+    key, pub = generate_keypair(tmp_path / "key")
+    _, other_pub = generate_keypair(tmp_path / "other")
+    _fails(["predict", str(good_bundle), "x", "--trusted", str(pub)], "is not signed")
+    sign_bundle(good_bundle, key)
+    ok = runner.invoke(app, ["predict", str(good_bundle), "x", "--trusted", str(other_pub), "--trusted", str(pub)])
+    assert ok.exit_code == 0, ok.output
+    _fails(["predict", str(good_bundle), "x", "--trusted", str(other_pub)], "does not verify against any trusted key")

@@ -48,6 +48,9 @@ def test_build_writes_bundle_and_report(built: Path) -> None:
     assert set(manifest["files"]) == {"model.onnx", "tokenizer.json"}
     assert manifest["recipe"]["distill"]["num_layers"] == 1
     assert 0 <= manifest["metrics"]["accuracy"] <= 1 and manifest["metrics"]["p50_ms"] > 0
+    assert sum(manifest["metrics"]["label_distribution"].values()) == pytest.approx(1.0)
+    for golden in manifest["extra"]["golden"]:  # what the updater's health check replays on the device
+        assert Predictor(built / "bundle").predict(golden["text"]).label == golden["label"]
     report = json.loads((built / "report.json").read_text())
     names = [m["name"] for m in report["models"]]
     assert names == ["teacher", "teacher one-click", "student", "student bundle"]

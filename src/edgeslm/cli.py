@@ -377,11 +377,22 @@ def predict(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder (from `edgeslm build`).")],
     texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print labels and every score as JSON.")] = False,
+    trusted: Annotated[
+        list[Path] | None, typer.Option("--trusted", help="Public key (from `edgeslm keygen`); repeat for several.")
+    ] = None,
 ) -> None:
-    """Step 6: classify texts with the torch-free runtime (the bundle is verified before it loads)."""
+    """Step 6: classify texts with the torch-free runtime (the bundle is verified before it loads).
+
+    With --trusted, the bundle must also carry a manifest.sig by one of those keys.
+    """
     from .runtime import Predictor
 
-    preds = Predictor(bundle).predict(texts)
+    keys = None
+    if trusted:
+        from .secure.signing import load_public_key
+
+        keys = [load_public_key(k) for k in trusted]
+    preds = Predictor(bundle, trusted_keys=keys).predict(texts)
     if as_json:
         print(
             json.dumps(

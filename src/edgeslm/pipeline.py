@@ -190,6 +190,16 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
         for name, prec, path in rows:
             say(f"measuring {name} {prec} …")
             measured.append({"name": name, "precision": prec, **steps.measure(path, recipe.eval)})
+        pred = measured[-1]["predictions"]
+        names = ds.label_names
+        # What the bundle answered at build time: the reference for drift checks on the device (label shares) and
+        # golden inputs for the updater's health check (eval texts it got right, with the label it gave).
+        label_distribution = {n: sum(p == i for p in pred) / len(pred) for i, n in enumerate(names)}
+        golden = [
+            {"text": t, "label": names[p]}
+            for t, p, g in zip(ds.eval.texts, pred, ds.eval.labels, strict=True)
+            if p == g
+        ][:3]
         report = compare(measured, dataset_name=ds.name, eval_split=ds.eval_split)
         report.update(
             {
@@ -210,7 +220,14 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
             }
         )
         bundle_metrics = next(m for m in report["models"] if m["name"] == "student bundle")
-        final = dataclasses.replace(manifest, metrics={k: v for k, v in bundle_metrics.items() if k != "name"})
+        final = dataclasses.replace(
+            manifest,
+            metrics={
+                **{k: v for k, v in bundle_metrics.items() if k != "name"},
+                "label_distribution": label_distribution,
+            },
+            extra={**manifest.extra, "golden": golden},
+        )
         write_json(tmp / "bundle" / MANIFEST, final.to_dict())
         write_json(tmp / "report.json", report)
         write_html(report, tmp / "report.html")
