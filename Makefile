@@ -8,13 +8,13 @@ BIN := $(VENV)/bin
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean chromium
+.PHONY: demo test bench install clean chromium export-env
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_INDEX) torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check "uv>=0.13,<0.14"
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[build,ota,serve,report,search,dev]"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[build,ota,serve,report,search,index,dev]"
 	@touch $(STAMP)
 
 # Headless Chromium for the report screenshot test (Debian's package; skipped with a reason where it cannot install).
@@ -23,12 +23,25 @@ chromium:
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium not installed: the report screenshot test will be skipped"; }
 
+# The LiteRT/TFLite export environment: litert-torch pins an older pydantic, so it gets its own venv, called by
+# subprocess from the main one. Tests that need it skip with the reason where it could not be created.
+EXPORT_VENV := .venv-export
+$(EXPORT_VENV)/.installed:
+	@test -x $(EXPORT_VENV)/bin/python || $(PY) -m venv $(EXPORT_VENV)
+	@( $(EXPORT_VENV)/bin/pip install --quiet --disable-pip-version-check $(TORCH_INDEX) torch==2.13.0 && \
+	  $(EXPORT_VENV)/bin/pip install --quiet --disable-pip-version-check "uv>=0.13,<0.14" && \
+	  $(EXPORT_VENV)/bin/uv pip install --quiet --python $(EXPORT_VENV)/bin/python litert-torch==0.10.0 \
+	    ai-edge-litert==2.3.0 ai-edge-quantizer==0.10.0 transformers safetensors tokenizers tflite-micro && \
+	  touch $@ ) || echo "export environment not installed: the TFLite tests will be skipped"
+
+export-env: $(EXPORT_VENV)/.installed
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/edgeslm build --recipe src/edgeslm/recipes/demo.toml --out out/demo --force
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium export-env
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
@@ -38,4 +51,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_latency.py
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(EXPORT_VENV) out

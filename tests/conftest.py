@@ -225,3 +225,13 @@ def tiny_embedding_bundle(tiny_base: Path, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("embedding") / "bundle"
     build_embedding_bundle(tiny_base, out, EmbeddingConfig(max_length=32, min_cosine=0.9))
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm_embedding_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real all-MiniLM-L6-v2 as an INT8 embedding bundle (about 10 s): for tests that need meaningful vectors."""
+    from edgeslm.embedding import build_embedding_bundle
+
+    out = tmp_path_factory.mktemp("minilm-embedding") / "bundle"
+    build_embedding_bundle("minilm", out)
+    return out

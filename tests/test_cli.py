@@ -179,3 +179,29 @@ def test_predict_with_trusted_keys(good_bundle: Path, tmp_path: Path) -> None:
     ok = runner.invoke(app, ["predict", str(good_bundle), "x", "--trusted", str(other_pub), "--trusted", str(pub)])
     assert ok.exit_code == 0, ok.output
     _fails(["predict", str(good_bundle), "x", "--trusted", str(other_pub)], "does not verify against any trusted key")
+
+
+def test_sigterm_mid_build_leaves_nothing_half_written(tmp_path: Path, tiny_base: Path, sst2_csv: Path) -> None:
+    import signal
+    import time
+
+    exe = shutil.which("edgeslm") or str(Path(sys.executable).parent / "edgeslm")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'base = "{tiny_base}"\n[finetune]\nepochs = 50\nbatch_size = 4\n')
+    proc = subprocess.Popen(
+        [exe, "build", "--recipe", str(recipe), "--data", str(sst2_csv), "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the step log says when fine-tuning starts
+        if "finetune" in line:
+            break
+    time.sleep(2.0)  # inside the training loop
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+    cache = tmp_path / ".edgeslm-cache"
+    assert not cache.exists() or not [p for p in cache.iterdir() if ".tmp-" in p.name]

@@ -464,6 +464,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "edgeslm.ota.cli",
     "edgeslm.runtime.cli",
     "edgeslm.cloud.cli",
+    "edgeslm.export.cli",
 )
 
 
@@ -477,5 +478,12 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: temporary folders removed, finished steps kept
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()

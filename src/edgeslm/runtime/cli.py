@@ -1,4 +1,4 @@
-"""`edgeslm serve`, `edgeslm doctor` and `edgeslm telemetry`: the device runtime's commands.
+"""The device runtime's commands: serve, doctor, telemetry, embed, embed-build, index, search, summarize.
 
 Heavy imports (fastapi, uvicorn, onnxruntime) happen inside the commands, so `edgeslm --help` stays fast.
 """
@@ -38,6 +38,38 @@ def _keys(paths: list[Path] | None) -> tuple[bytes, ...] | None:
         text = data.strip()
         keys.append(bytes.fromhex(text.decode()) if len(text) == 64 else data)
     return tuple(keys)
+
+
+def _read_text(path: Path) -> str:
+    from ..errors import DataError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise DataError(f"`{path}` does not exist; pass a UTF-8 text file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read `{path}` as UTF-8 text ({e}); pass a UTF-8 text file") from e
+
+
+def _read_collection(path: Path) -> list[str]:
+    """Texts from a .jsonl file (a `text` field per line) or any other text file (one text per non-empty line)."""
+    from ..errors import DataError
+
+    raw = _read_text(path)
+    if path.suffix != ".jsonl":
+        return [line.strip() for line in raw.splitlines() if line.strip()]
+    texts = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number} is not JSON ({e.msg}); one JSON object per line") from e
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise DataError(f'{path}:{number} has no string `text` field; write {{"text": "..."}} per line')
+        texts.append(row["text"])
+    return texts
 
 
 def register(app: typer.Typer) -> None:
@@ -130,6 +162,115 @@ def register(app: typer.Typer) -> None:
         from .predictor import Predictor
 
         print(json.dumps(Predictor(bundle).embed(texts).round(6).tolist()))
+
+    @app.command("embed-build")
+    @_friendly
+    def embed_build(
+        out: Annotated[Path, typer.Argument(help="Folder to write the embedding bundle to.")],
+        base: Annotated[str, typer.Option(help="minilm (bundled all-MiniLM-L6-v2) or a local BERT folder.")] = "minilm",
+        max_length: Annotated[int, typer.Option(help="Tokens per text; longer texts are truncated.")] = 128,
+        fp32: Annotated[bool, typer.Option("--fp32", help="Keep FP32 weights (4x larger) instead of INT8.")] = False,
+        min_cosine: Annotated[
+            float, typer.Option(help="Refuse the bundle if a check sentence's cosine to the teacher is lower.")
+        ] = 0.95,
+        force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    ) -> None:
+        """Build a `task = embedding` bundle (mean pooled, unit length) from a base model; needs the build extra."""
+        from ..errors import MissingExtraError
+
+        try:
+            from ..embedding import EmbeddingConfig, build_embedding_bundle
+        except ImportError as e:
+            raise MissingExtraError(f"building needs {e.name}; fix: pip install 'edgeslm[build]'") from e
+        config = EmbeddingConfig(max_length=max_length, quantize=not fp32, min_cosine=min_cosine)
+        manifest = build_embedding_bundle(base, out, config, force=force)
+        check = manifest.extra["export_check"]
+        console.print(
+            f"wrote {out}: {manifest.metrics['precision']}, {manifest.metrics['dim']}-d vectors, cosine to the "
+            f"teacher min {check['min_cosine']:.3f} / mean {check['mean_cosine']:.3f} over {check['rows']} sentences",
+            highlight=False,
+        )
+
+    @app.command()
+    @_friendly
+    def index(
+        bundle: Annotated[Path, typer.Argument(help="An embedding bundle (task `embedding`).")],
+        collection: Annotated[
+            Path, typer.Argument(help="Texts to index: a .txt file (one per line) or .jsonl (a `text` field).")
+        ],
+        out: Annotated[Path, typer.Argument(help="Folder to write the index to.")],
+        backend: Annotated[
+            str, typer.Option(help="auto (numpy below the measured crossover, HNSW above), exact or hnsw.")
+        ] = "auto",
+        threads: Annotated[int | None, typer.Option(help="Intra-op threads for embedding.")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    ) -> None:
+        """Embed a local collection of texts and write a search index (atomic; no pickle)."""
+        from .predictor import Predictor
+        from .search import IndexConfig, build_index
+
+        config = IndexConfig(backend=backend)
+        texts = _read_collection(collection)
+        built = build_index(Predictor(bundle, threads=threads), texts, out, config, bundle=bundle, force=force)
+        console.print(f"indexed {len(texts)} texts into {out} ({built.index.backend}, {built.index.dim}-d)")
+
+    @app.command()
+    @_friendly
+    def search(
+        index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="A folder written by `edgeslm index`.")],
+        queries: Annotated[list[str], typer.Argument(help="One or more queries.")],
+        k: Annotated[int, typer.Option("-k", help="Results per query.")] = 5,
+        bundle: Annotated[
+            Path | None, typer.Option(help="The embedding bundle [default: the one the index was built with].")
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    ) -> None:
+        """The texts of an index most similar in meaning to each query (cosine of bundle embeddings)."""
+        from ..errors import ConfigError
+        from .predictor import Predictor
+        from .search import SemanticIndex
+
+        if k < 1:
+            raise ConfigError(f"-k must be at least 1, got {k}")
+        loaded = SemanticIndex.load(index_dir)
+        source = bundle or loaded.meta.get("bundle")
+        if not source:
+            raise ConfigError("this index does not record its bundle; pass --bundle")
+        results = loaded.search(Predictor(source), queries, k)
+        if as_json:
+            out = [
+                {"query": q, "hits": [{"index": h.index, "score": round(h.score, 6), "text": h.text} for h in hits]}
+                for q, hits in zip(queries, results, strict=True)
+            ]
+            print(json.dumps(out, ensure_ascii=False, indent=2))
+            return
+        for q, hits in zip(queries, results, strict=True):
+            console.print(f"[bold]{q}[/bold]", highlight=False)
+            for h in hits:
+                console.print(f"  {h.score:.3f}  {h.text}", highlight=False, markup=False)
+
+    @app.command()
+    @_friendly
+    def summarize(
+        bundle: Annotated[Path, typer.Argument(help="An embedding bundle (task `embedding`).")],
+        document: Annotated[Path, typer.Argument(help="A text file to summarise, or - for standard input.")],
+        sentences: Annotated[int, typer.Option("-n", "--sentences", help="Sentences to keep.")] = 3,
+        as_json: Annotated[bool, typer.Option("--json", help="Print sentences, positions and scores as JSON.")] = False,
+    ) -> None:
+        """Summarise a document on the device: its most central sentences, in order (extractive; nothing invented)."""
+        import sys
+
+        from .predictor import Predictor
+        from .summarize import SummaryConfig
+        from .summarize import summarize as run
+
+        text = sys.stdin.read() if str(document) == "-" else _read_text(document)
+        summary = run(Predictor(bundle), text, SummaryConfig(sentences=sentences))
+        if as_json:
+            body = {"summary": list(summary.sentences), "indices": list(summary.indices)}
+            print(json.dumps(body, ensure_ascii=False, indent=2))
+            return
+        print(summary.text)
 
     @app.command("telemetry")
     @_friendly
