@@ -60,7 +60,6 @@ def test_build_writes_bundle_and_report(built: Path) -> None:
     by = {m["name"]: m for m in report["models"]}
     assert by["student bundle"]["size_mb"] < by["student"]["size_mb"] < by["teacher"]["size_mb"]
     assert by["student bundle"]["parameters"] < by["teacher"]["parameters"]
-    assert by["student"]["accuracy"] == pytest.approx(by["student"]["accuracy"])
     assert report["export_check"]["max_abs_diff"] < 1e-4 and report["export_check"]["label_agreement"] == 1.0
     # The runtime process (no torch) needs far less memory than the torch teacher's.
     assert by["student bundle"]["peak_rss_mb"] < by["teacher"]["peak_rss_mb"]

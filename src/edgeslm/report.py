@@ -80,7 +80,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
             f"<td>{m['parameters'] / 1e6:.2f}M</td>{cells}{extra}</tr>"
         )
     ratios = "".join(
-        f"<li>{html.escape(k.replace('_', ' '))}: <b>{v:.2f}×</b></li>" for k, v in report["ratios"].items()
+        f"<li>{html.escape(k.replace('_', ' '))}: <b>{f'{v:.1%}' if k.startswith('accuracy') else f'{v:.2f}×'}</b></li>"
+        for k, v in report["ratios"].items()
     )
     charts = "".join(_bars(models, key, label) for key, label, _ in COLUMNS if key != "p95_ms")
     check = report.get("export_check", {})
