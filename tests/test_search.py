@@ -50,7 +50,9 @@ def test_search_resumes_and_chooses_a_fitting_bundle(
     assert len(first.report["trials"]) == 2 and first.report["chosen"]["fits"]
     assert (first.bundle / "manifest.json").is_file() and edgeslm.Predictor(first.bundle).predict("ok").label
     again = search(_recipe(tiny_base, tiny_data, 3), tmp_path / "s", "host", force=True)
-    assert [r["trial"] for r in again.report["trials"]] == [0, 1, 2]  # the first two were not run again
+    rows = again.report["trials"]
+    assert len(rows) == 3 and [r["trial"] for r in rows[:2]] == [0, 1]  # the first two were not run again
+    assert len({(r["layers"], r["quantize"], r["trim"]) for r in rows}) == 3  # repeats are pruned, not re-measured
     assert again.report["pareto"] and json.loads((tmp_path / "s" / "search.json").read_text())["device"] == "host"
 
 

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,20 @@ def choose(rows: list[dict[str, Any]], teacher_accuracy: float, tolerance: float
     )
 
 
+def _open_study(optuna: Any, name: str, storage: str) -> Any:
+    """Create or load the study; workers starting together race to create the schema, so retry briefly."""
+    for attempt in range(5):
+        try:
+            return optuna.create_study(
+                study_name=name, storage=storage, directions=["maximize", "minimize", "minimize"], load_if_exists=True
+            )
+        except Exception as e:  # sqlalchemy IntegrityError / OperationalError while another worker creates tables
+            if attempt == 4:
+                raise ConfigError(f"cannot open the search storage `{storage}` ({e}); check the URL") from e
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: Log | None = None) -> SearchResult:
     """Search student recipes for ``device`` within ``recipe.search``; write the chosen bundle and the report."""
     try:
@@ -98,18 +113,18 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
     storage = config.storage or f"sqlite:///{(cache / 'search.db').resolve()}"
     study_name = f"edgeslm-{_key(k_teacher, recipe.distill, recipe.trim, recipe.export, recipe.eval, device)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        directions=["maximize", "minimize", "minimize"],
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
-        load_if_exists=True,
-    )
+    study = _open_study(optuna, study_name, storage)
+
+    complete = (optuna.trial.TrialState.COMPLETE,)
+    # A resumed run or a second worker must not replay the first one's random proposals: seed by what is stored.
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         layers = trial.suggest_categorical("layers", list(config.layers))
         method = trial.suggest_categorical("quantize", list(config.quantize))
         trim = trial.suggest_categorical("trim", list(config.trim))
+        if any(t.params == trial.params for t in study.get_trials(deepcopy=False, states=complete)):
+            raise optuna.TrialPruned("the same recipe was already measured")
         r = _trial_recipe(recipe, layers, method, trim)
         say(f"trial {trial.number}: {layers} layer(s), {method}, trim {'on' if trim else 'off'}")
         parts = steps.student(teacher, k_teacher, r)
@@ -126,12 +141,14 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         trial.set_user_attr("parameters", metrics["parameters"])
         return metrics["accuracy"], metrics["p50_ms"], metrics["size_mb"]
 
-    done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
-    if done < config.trials:
+    space = len(config.layers) * len(config.quantize) * len(config.trim)
+    target = min(config.trials, space)  # never more distinct recipes than the space holds
+    done = len(study.get_trials(deepcopy=False, states=complete))
+    if done < target:
         study.optimize(
             objective,
-            n_trials=config.trials - done,
-            callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=(optuna.trial.TrialState.COMPLETE,))],
+            n_trials=4 * (target - done),  # room for proposals pruned as repeats; stops once `target` are done
+            callbacks=[optuna.study.MaxTrialsCallback(target, states=complete)],
         )
     rows = [
         {
