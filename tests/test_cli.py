@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_tiny_bundle
 from edgeslm.cli import app
 
 runner = CliRunner()
@@ -26,42 +27,8 @@ def _fails(args: list[str], message: str) -> None:
 
 @pytest.fixture
 def good_bundle(tmp_path: Path) -> Path:
-    """A real bundle from the pipeline test's build is expensive; build a minimal valid one from a tiny ONNX graph."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from edgeslm.bundle import write_bundle
-    from edgeslm.models import resolve_base
-
-    # logits = ReduceMean(Cast(input_ids)) broadcast to 2 labels: a real, runnable graph with the bundle's inputs.
-    inputs = [
-        helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "s"])
-        for n in ("input_ids", "attention_mask", "token_type_ids")
-    ]
-    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 2])
-    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 2], [1.0, -1.0])
-    nodes = [
-        helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["f"], ["m"], axes=[1], keepdims=1),
-        helper.make_node("Mul", ["m", "w"], ["logits"]),
-    ]
-    model = helper.make_model(
-        helper.make_graph(nodes, "g", inputs, [out], [w]), opset_imports=[helper.make_opsetid("", 17)]
-    )
-    onnx.save(model, tmp_path / "m.onnx")
-    write_bundle(
-        {"model.onnx": tmp_path / "m.onnx", "tokenizer.json": resolve_base("minilm") / "tokenizer.json"},
-        tmp_path / "bundle",
-        {
-            "task": "text-classification",
-            "labels": ("neg", "pos"),
-            "max_length": 16,
-            "inputs": ("input_ids", "attention_mask", "token_type_ids"),
-            "model": "model.onnx",
-            "tokenizer": "tokenizer.json",
-        },
-    )
-    return tmp_path / "bundle"
+    """A minimal runnable bundle (conftest.write_tiny_bundle: a real ONNX graph and the real tokenizer)."""
+    return write_tiny_bundle(tmp_path / "bundle")
 
 
 def test_help_teaches() -> None:
