@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from packaging.requirements import Requirement
 
-from serve_load import DEV, ROOT, free_port, rss_mb, start_server
+from serve_load import DEV, ROOT, free_port, rss_mb, start_server, wait_ready
 
 
 def _measure(proc: subprocess.Popen[bytes], cold_s: float, port: int, texts: list[str]) -> dict[str, Any]:
@@ -48,15 +48,7 @@ def _torch_server(checkpoint: Path, port: int) -> tuple[subprocess.Popen[bytes],
     script = Path(__file__).with_name("serve_torch_baseline.py")
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(script), str(checkpoint), str(port)])
-    while True:
-        try:
-            if httpx.post(f"http://127.0.0.1:{port}/", json={"inputs": "warm up"}, timeout=5).status_code == 200:
-                return proc, time.perf_counter() - start
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("torch server exited during start-up")
-        time.sleep(0.01)
+    return proc, wait_ready(proc, port, start)
 
 
 def _closure(roots: list[str]) -> set[str]:

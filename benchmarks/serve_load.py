@@ -45,10 +45,15 @@ def start_server(bundle: Path, port: int, *extra: str) -> tuple[subprocess.Popen
     cmd = [sys.executable, "-c", "from edgeslm.cli import main; main()", "serve", str(bundle), "--port", str(port)]
     start = time.perf_counter()
     proc = subprocess.Popen([*cmd, "--watch", "0", *extra], stdout=subprocess.DEVNULL)
+    return proc, wait_ready(proc, port, start)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, start: float) -> float:
+    """Poll until the server on ``port`` answers 200; return seconds since ``start`` (perf_counter)."""
     while True:
         try:
             if httpx.post(f"http://127.0.0.1:{port}/", json={"inputs": "warm up"}, timeout=5).status_code == 200:
-                return proc, time.perf_counter() - start
+                return time.perf_counter() - start
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
