@@ -54,7 +54,8 @@ class Steps:
         self.base_key = MINILM_SHA256["model.safetensors"] if recipe.base == "minilm" else str(self.base.resolve())
         self.seconds: dict[str, float] = {}
 
-    def _step(self, name: str, key: str, run: Callable[[Path], Path]) -> tuple[Path, str]:
+    def step(self, name: str, key: str, run: Callable[[Path], object]) -> tuple[Path, str]:
+        """Run ``run(cache/name-key)`` unless that folder exists; a parallel worker finishing it first is fine."""
         out = self.cache / f"{name}-{key}"
         if out.is_dir():
             self.log(f"[dim]{name}: reusing {out}[/dim]")
@@ -74,7 +75,7 @@ class Steps:
         from .finetune import finetune
 
         rc = self.recipe
-        return self._step(
+        return self.step(
             "finetune", _key("finetune", self.base_key, rc.finetune), lambda o: finetune(self.base, o, rc.finetune)
         )
 
@@ -84,10 +85,10 @@ class Steps:
         from .export.onnx import export_onnx
 
         rc = self.recipe
-        onnx, k = self._step(
+        onnx, k = self.step(
             "export-teacher", _key("export", k_teacher, rc.export), lambda o: export_onnx(teacher, o, rc.export)
         )
-        int8, _ = self._step(
+        int8, _ = self.step(
             "quantize-teacher",
             _key("quantize", k, Int8DynamicConfig()),
             lambda o: quantize(onnx, o, Int8DynamicConfig()),
@@ -102,16 +103,14 @@ class Steps:
         from .export.onnx import export_onnx
 
         rc = recipe or self.recipe
-        ckpt, k = self._step(
+        ckpt, k = self.step(
             "distill", _key("distill", k_teacher, rc.distill), lambda o: distill(teacher, o, rc.distill)
         )
         if rc.trim.enabled:
             untrimmed = ckpt
-            ckpt, k = self._step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
-        onnx, k = self._step("export", _key("export", k, rc.export), lambda o: export_onnx(ckpt, o, rc.export))
-        quantized, _ = self._step(
-            "quantize", _key("quantize", k, rc.quantize), lambda o: quantize(onnx, o, rc.quantize)
-        )
+            ckpt, k = self.step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
+        onnx, k = self.step("export", _key("export", k, rc.export), lambda o: export_onnx(ckpt, o, rc.export))
+        quantized, _ = self.step("quantize", _key("quantize", k, rc.quantize), lambda o: quantize(onnx, o, rc.quantize))
         return {"student": ckpt, "student_onnx": onnx, "student_quantized": quantized}
 
     def measure(self, path: Path, config: EvalConfig) -> dict[str, Any]:

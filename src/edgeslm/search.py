@@ -10,7 +10,6 @@ keeps the accuracy, or, when none does, the closest one and by how much it misse
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import shutil
@@ -128,10 +127,11 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         r = _trial_recipe(recipe, layers, method, trim)
         say(f"trial {trial.number}: {layers} layer(s), {method}, trim {'on' if trim else 'off'}")
         parts = steps.student(teacher, k_teacher, r)
-        bundle = cache / f"bundle-{_key(str(parts['student_quantized']), device)}"
-        if not bundle.is_dir():
-            with contextlib.suppress(ConfigError, OSError):  # another worker may write the same bundle first
-                write_student_bundle(parts["student_quantized"], bundle, r, [profile])
+        bundle, _ = steps.step(
+            "bundle",
+            _key(str(parts["student_quantized"]), device),
+            lambda o: write_student_bundle(parts["student_quantized"], o, r, [profile]),
+        )
         metrics = steps.measure(bundle, recipe.eval)
         _, lines = fit(bundle, device)
         failed = [line.check.split(" (")[0] for line in lines if line.ok is False]
