@@ -178,7 +178,9 @@ def test_report_renders_in_headless_chromium(result: dict, tmp_path: Path) -> No
     shot = Image.open(tmp_path / "report.png").convert("L")
     assert shot.getextrema()[0] < 100  # text and plots were drawn, not a blank page
     counts = _plot_cells(tmp_path / "report.html", tmp_path)
-    assert len(counts) == 5 and all(c > 500 for c in counts), counts
+    # An axes-only plot has 0 saturated pixels (test_browser_checks_can_fail); the thinnest real plot (latency
+    # lines) drew 480 in one fresh-clone run, so 500 was flaky. 100 still refuses an empty or near-empty plot.
+    assert len(counts) == 5 and all(c > 100 for c in counts), counts
 
 
 @needs_chromium
