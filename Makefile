@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_INDEX) torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check "uv>=0.13,<0.14"
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[build,ota,serve,report,search,index,dev]"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[build,ota,serve,report,search,index,federated,dev]"
 	@touch $(STAMP)
 
 # Headless Chromium for the report screenshot test (Debian's package; skipped with a reason where it cannot install).

@@ -64,6 +64,29 @@ def systems(report: dict, bundle: Path) -> dict[str, tuple[Callable[[dict[str, n
     }
 
 
+def round_robin(
+    runs: dict[str, Callable[[dict[str, np.ndarray]], object]],
+    feeds: dict[str, list[dict[str, np.ndarray]]],
+    warmup: int,
+) -> tuple[dict[str, list[float]], dict[str, list[object]]]:
+    """Every system on every sentence, the first system rotating per sentence: ms per call, and the outputs."""
+    names = list(runs)
+    count = len(next(iter(feeds.values())))
+    for i in range(warmup):
+        for n in names:
+            runs[n](feeds[n][i % count])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    outputs: dict[str, list[object]] = {n: [] for n in names}
+    for i in range(count):
+        for k in range(len(names)):
+            n = names[(i + k) % len(names)]
+            t = time.perf_counter()
+            out = runs[n](feeds[n][i])
+            times[n].append((time.perf_counter() - t) * 1000)
+            outputs[n].append(out)
+    return times, outputs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", type=Path, default=HERE / "sst2.toml")
@@ -78,16 +101,7 @@ def main() -> None:
     runs = systems(report, args.build / "bundle")
     names = list(runs)
     feeds = {n: [encode(tok, [t]) for t in texts] for n, (_, tok) in runs.items()}  # type: ignore[arg-type]
-    for i in range(args.warmup):
-        for n in names:
-            runs[n][0](feeds[n][i % len(texts)])
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(len(texts)):
-        for k in range(len(names)):
-            n = names[(i + k) % len(names)]
-            t = time.perf_counter()
-            runs[n][0](feeds[n][i])
-            times[n].append((time.perf_counter() - t) * 1000)
+    times, _ = round_robin({n: run for n, (run, _) in runs.items()}, feeds, args.warmup)
     rows = {
         n: {"p50_ms": _percentile(v, 0.5), "p95_ms": _percentile(v, 0.95), "mean_ms": statistics.fmean(v)}
         for n, v in times.items()

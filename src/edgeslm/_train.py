@@ -7,6 +7,7 @@ config sprawl, checkpoint formats and pickled optimizer state.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +41,18 @@ class TrainSettings(Protocol):
     @property
     def batch_size(self) -> int: ...
     @property
+    def freeze_embeddings(self) -> bool: ...
+    @property
     def seed(self) -> int: ...
+
+
+def device() -> torch.device:
+    """A CUDA GPU when there is one (it trains a full-data teacher in minutes, not hours); else the CPU.
+
+    ``EDGESLM_DEVICE=cpu`` forces the CPU, e.g. to reproduce a CPU run on a GPU machine.
+    """
+    name = os.environ.get("EDGESLM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 class _LogProgress:
@@ -67,8 +79,9 @@ class _LogProgress:
         }
         return tid
 
-    def update(self, tid: TaskID, advance: int = 1, info: str = "") -> None:
+    def update(self, tid: TaskID, advance: int = 1, info: str = "", total: int | None = None) -> None:
         t = self._tasks[tid]
+        t["total"] = total or t["total"]
         t["done"] += advance
         share = t["done"] / max(1, t["total"])
         if t["visible"] and (share >= t["next"] or t["done"] == t["total"]):
@@ -90,8 +103,8 @@ def progress() -> Progress | _LogProgress:
     )
 
 
-def to_torch(feed: dict[str, np.ndarray]) -> Feed:
-    return {k: torch.from_numpy(v) for k, v in feed.items()}
+def to_torch(feed: dict[str, np.ndarray], on: torch.device | None = None) -> Feed:
+    return {k: torch.from_numpy(v).to(on or "cpu") for k, v in feed.items()}
 
 
 def grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -111,6 +124,14 @@ def token_lengths(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
     return [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
 
 
+_PACE_STEPS = 30  # a time budget re-fits the schedule every this many steps
+
+
+def _fit_budget(planned: int, step: int, pace: float, remaining: float) -> int:
+    """Steps that fit in the time left at ``pace`` (steps/s), so the decay ends at zero instead of being cut off."""
+    return min(planned, step + max(1, int(remaining * 0.95 * pace)))
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: Tokenizer,
@@ -119,15 +140,26 @@ def train(
     loss_fn: LossFn,
     desc: str,
 ) -> dict[str, Any]:
-    """Train ``model`` in place on ``texts`` (labels and targets live in ``loss_fn``); return what happened."""
+    """Train ``model`` in place on ``texts`` (labels and targets live in ``loss_fn``); return what happened.
+
+    Training runs on ``device()``; the model comes back on the CPU, in eval mode, with every weight trainable again.
+    """
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
+    on = device()
+    if on.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model.to(on)
+    frozen = [model.get_parameter("encoder.embeddings.word_embeddings.weight")] if settings.freeze_embeddings else []
+    for p in frozen:
+        p.requires_grad_(False)
     lengths = token_lengths(tokenizer, texts)
     per_epoch = math.ceil(len(texts) / settings.batch_size)
-    total = max(1, math.ceil(per_epoch * settings.epochs))
+    total = planned = max(1, math.ceil(per_epoch * settings.epochs))
     warmup = int(total * settings.warmup)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
     optim = torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.learning_rate,
@@ -138,6 +170,7 @@ def train(
     )
     deadline = time.monotonic() + settings.max_minutes * 60 if settings.max_minutes else math.inf
     start, step, stopped_early, ema = time.monotonic(), 0, False, None
+    t_paced = start
     model.train()
     with progress() as bar:
         task = bar.add_task(desc, total=total, info="")
@@ -148,11 +181,19 @@ def train(
                 if time.monotonic() > deadline:
                     stopped_early = True
                     break
-                feed = to_torch(encode(tokenizer, [texts[i] for i in idx]))
+                if deadline < math.inf and step and step % _PACE_STEPS == 0:
+                    now = time.monotonic()
+                    # pace after the first window, which pays for warm-up (CUDA init, allocator growth)
+                    paced = (step - _PACE_STEPS) / (now - t_paced) if step > _PACE_STEPS else step / (now - start)
+                    t_paced = t_paced if step > _PACE_STEPS else now
+                    total = _fit_budget(planned, step, paced, deadline - now)
+                    warmup = min(int(planned * settings.warmup), int(total * settings.warmup))
+                    bar.update(task, advance=0, total=total)
+                feed = to_torch(encode(tokenizer, [texts[i] for i in idx]), on)
                 loss = loss_fn(model, feed, idx)
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optim.step()
                 sched.step()
                 step += 1
@@ -160,15 +201,19 @@ def train(
                 bar.update(task, advance=1, info=f"loss {ema:.4f}")
             if stopped_early:
                 break
-    model.eval()
+    for p in frozen:
+        p.requires_grad_(True)
+    model.cpu().eval()
     return {
         "steps": step,
-        "planned_steps": total,
+        "planned_steps": planned,
+        "budget_steps": total,  # fewer than planned when max_minutes shortened the schedule
         "epochs_done": round(step / per_epoch, 3),
         "seconds": round(time.monotonic() - start, 1),
         "final_loss": round(ema or 0.0, 5),
         "stopped_early": stopped_early,
         "train_rows": len(texts),
+        "device": str(on),
     }
 
 
@@ -182,6 +227,7 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits for ``texts`` in their original order, computed in length-sorted batches (little padding)."""
     model.eval()
+    on = next(model.parameters()).device
     lengths = token_lengths(tokenizer, texts)
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     out: np.ndarray | None = None
@@ -189,7 +235,7 @@ def predict_logits(
         task = bar.add_task(desc or "inference", total=len(texts), info="", visible=desc is not None)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            logits = model(**to_torch(encode(tokenizer, [texts[i] for i in idx]))).float().numpy()
+            logits = model(**to_torch(encode(tokenizer, [texts[i] for i in idx]), on)).float().cpu().numpy()
             if out is None:
                 out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
             out[idx] = logits

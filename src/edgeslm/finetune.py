@@ -28,7 +28,8 @@ def finetune(src: Path, out: Path, config: FinetuneConfig, *, force: bool = Fals
     labels = torch.tensor(dataset.train.labels)
 
     def loss_fn(m: TextClassifier, feed: _train.Feed, idx: list[int]) -> torch.Tensor:
-        return F.cross_entropy(m(**feed), labels[idx])
+        logits = m(**feed)
+        return F.cross_entropy(logits, labels[idx].to(logits.device))
 
     stats = _train.train(model, tokenizer, dataset.train.texts, config, loss_fn, "finetune teacher")
     meta = {"step": "finetune", "base": str(src), "config": dataclasses.asdict(config), "train": stats}

@@ -178,7 +178,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
     meta = _read_json(path / "edgeslm.json")
     labels = tuple(meta["labels"])
     config = BertConfig.from_json_file(str(path / "config.json"))
-    model = TextClassifier(BertModel(config, add_pooling_layer=False), len(labels))
+    encoder = BertModel(config, add_pooling_layer=False)
+    if getattr(config, "edgeslm_heads", None):
+        _narrow_attention(encoder, int(config.edgeslm_heads))
+    model = TextClassifier(encoder, len(labels))
     try:
         missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
     except (RuntimeError, OSError) as e:
@@ -190,3 +193,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
         )
     model.eval()
     return Checkpoint(model, labels, int(meta["max_length"]), meta, path)
+
+
+def _narrow_attention(encoder: BertModel, heads: int) -> None:
+    """Rebuild a structurally pruned attention (``compress.prune``): ``heads`` heads of the config's head size."""
+    width = heads * (encoder.config.hidden_size // encoder.config.num_attention_heads)
+    layers: list[Any] = list(encoder.encoder.layer)  # BertLayer; nn.ModuleList indexing is untyped
+    for layer in layers:
+        att = layer.attention.self
+        att.query, att.key, att.value = (nn.Linear(att.query.in_features, width) for _ in range(3))
+        layer.attention.output.dense = nn.Linear(width, layer.attention.output.dense.out_features)

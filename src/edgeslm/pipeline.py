@@ -95,17 +95,21 @@ class Steps:
         )
         return onnx, int8
 
+    def distilled(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> tuple[Path, str]:
+        """The student checkpoint alone (a GPU machine trains these; the CPU exports and measures them)."""
+        from .compress.distill import distill
+
+        rc = recipe or self.recipe
+        return self.step("distill", _key("distill", k_teacher, rc.distill), lambda o: distill(teacher, o, rc.distill))
+
     def student(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> dict[str, Path]:
         """Distill (and trim), export and quantize a student; returns the folders of each stage."""
-        from .compress.distill import distill
         from .compress.quantize import quantize
         from .compress.trim import trim_vocab
         from .export.onnx import export_onnx
 
         rc = recipe or self.recipe
-        ckpt, k = self.step(
-            "distill", _key("distill", k_teacher, rc.distill), lambda o: distill(teacher, o, rc.distill)
-        )
+        ckpt, k = self.distilled(teacher, k_teacher, rc)
         if rc.trim.enabled:
             untrimmed = ckpt
             ckpt, k = self.step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))

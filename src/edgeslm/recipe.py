@@ -81,6 +81,7 @@ class FinetuneConfig:
     warmup: float = 0.1  # share of steps with linear warm-up, then linear decay
     batch_size: int = 32
     max_length: int = 64  # tokens per text while training; SST-2 and CLINC150 sentences are shorter
+    freeze_embeddings: bool = False  # keep the word-embedding table (half of MiniLM's weights) as pretrained
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,11 +110,19 @@ class DistillConfig:
     kd_weight: float = 1.0  # weight of the KL loss against the teacher's soft labels
     ce_weight: float = 0.5  # weight of the cross-entropy on the gold labels
     hidden_weight: float = 0.0  # weight of the token-masked hidden-state MSE; 0 switches it off (costs 1.5x time)
+    heads: int | None = None  # attention heads kept per layer, the most important on train rows; None: all
+    ffn: int | None = None  # FFN neurons kept per layer, likewise; None: all (MiniLM: 12 heads, 1536 neurons)
+    importance_rows: int = 2048  # train rows that rank heads and neurons for `heads` / `ffn`
+    freeze_embeddings: bool = False  # keep the teacher's word-embedding table: AdamW skips most of a student's weights
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "epochs", "learning_rate", "batch_size", "max_length", "temperature"):
             _positive(name, getattr(self, name))
+        for name in ("heads", "ffn"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        _positive("importance_rows", self.importance_rows)
         for name in ("kd_weight", "ce_weight", "hidden_weight"):
             _check(getattr(self, name) >= 0, f"`{name}` must be >= 0, got {getattr(self, name)!r}")
         _check(self.kd_weight + self.ce_weight > 0, "`kd_weight` and `ce_weight` cannot both be 0")

@@ -13,15 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from transformers import BertModel
 
 from .. import _train
 from .._fs import atomic_dir
-from ..data import load_dataset
+from ..data import Split, load_dataset
 from ..errors import ConfigError, DataError
 from ..models import TextClassifier, load_checkpoint, save_checkpoint
 from ..recipe import DistillConfig
-from ..runtime.predictor import load_tokenizer
+from ..runtime.predictor import encode, load_tokenizer
+from . import prune
 
 __all__ = ["distill", "pick_layers"]
 
@@ -57,6 +59,33 @@ def make_student(teacher: TextClassifier, layers: tuple[int, ...]) -> TextClassi
     return student
 
 
+def _prune(
+    student: TextClassifier,
+    teacher: TextClassifier,
+    layers: tuple[int, ...],
+    tokenizer: Tokenizer,
+    train: Split,
+    config: DistillConfig,
+) -> None:
+    """Narrow the student's layers to the heads and FFN neurons that matter most in the teacher's same layers."""
+    cfg = teacher.encoder.config
+    limits = {"heads": (config.heads, cfg.num_attention_heads), "ffn": (config.ffn, cfg.intermediate_size)}
+    for name, (value, limit) in limits.items():
+        if value is not None and value > limit:
+            raise ConfigError(f"`{name}` must be at most the teacher's {limit} per layer, got {value}")
+    on = next(teacher.parameters()).device
+    n = min(config.importance_rows, len(train.texts))
+    rows = [int(i) for i in np.random.default_rng(config.seed).permutation(len(train.texts))[:n]]
+    gold = torch.tensor(train.labels)
+    feeds = [
+        (_train.to_torch(encode(tokenizer, [train.texts[i] for i in rows[b : b + 32]]), on), rows[b : b + 32])
+        for b in range(0, n, 32)
+    ]
+    heads, ffn = prune.importance(teacher, feeds, lambda logits, idx: F.cross_entropy(logits, gold[idx].to(on)))
+    keep = list(layers)
+    prune.narrow(student, heads[keep], ffn[keep], *(value or limit for value, limit in limits.values()))
+
+
 def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False) -> Path:
     """Distill the teacher checkpoint ``src`` into a student checkpoint ``out``."""
     teacher = load_checkpoint(Path(src))
@@ -70,8 +99,12 @@ def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False)
     student = make_student(teacher.model, layers)
     tokenizer = load_tokenizer((Path(src) / "tokenizer.json").read_text(encoding="utf-8"), config.max_length)
     texts = dataset.train.texts
-    soft = torch.from_numpy(_train.predict_logits(teacher.model, tokenizer, texts, desc="teacher soft labels"))
-    gold = torch.tensor(dataset.train.labels)
+    on = _train.device()
+    teacher.model.to(on)  # for the soft labels, and for the hidden-state targets on every step
+    if config.heads or config.ffn:
+        _prune(student, teacher.model, layers, tokenizer, dataset.train, config)
+    soft = torch.from_numpy(_train.predict_logits(teacher.model, tokenizer, texts, desc="teacher soft labels")).to(on)
+    gold = torch.tensor(dataset.train.labels).to(on)
     T = config.temperature
 
     def loss_fn(m: TextClassifier, feed: _train.Feed, idx: list[int]) -> torch.Tensor:

@@ -1,0 +1,165 @@
+"""Issue 3, side by side: strong teachers against every compressed student, in one run per dataset.
+
+    python benchmarks/bench_compress.py [--datasets sst2 clinc150] [--rows N]
+
+The teachers and students are the full-data ones of `gpu_train.py` (trained on a lent GPU, unpacked into
+out/.edgeslm-cache); this script exports, trims and quantizes each student here (cached build steps) and then
+runs every system on every eval sentence, round-robin (batch 1, one intra-op thread), so accuracy and latency
+come from the same calls. Writes benchmarks/results/compress_<dataset>.json.
+
+Systems: the teacher in PyTorch FP32 (what a naive user runs) and through the one-click path (ORT dynamic INT8),
+and for each student the ORT INT8 model, the same after vocabulary trimming, and trimmed with INT4 weights.
+Size is the bundle's: model.onnx + tokenizer.json (the teacher FP32: its safetensors + tokenizer.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from bench_latency import round_robin
+from edgeslm import load_recipe
+from edgeslm.evaluate import classification_metrics
+from edgeslm.models import load_checkpoint
+from edgeslm.pipeline import Steps
+from edgeslm.runtime import encode, load_tokenizer
+from edgeslm.runtime.predictor import session_options
+from gpu_train import RECIPES, STUDENTS, recipe
+
+HERE = Path(__file__).parent
+# Per student: (label suffix, overrides on its recipe). Trim keeps every wordpiece train uses + all characters.
+VARIANTS: dict[str, dict[str, object]] = {
+    "INT8": {},
+    "INT8 trim": {"trim.enabled": True},
+    "INT4 trim": {"trim.enabled": True, "quantize.method": "int4-weight-only"},
+}
+Run = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def _mb(*files: Path) -> float:
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def systems(ds: str, cache: Path) -> tuple[dict[str, tuple[Run, object, float]], list[str], list[int], list[str]]:
+    """name -> (run(feed) -> logits, tokenizer, bundle MB); plus the eval texts, gold labels and label names."""
+    steps = Steps(recipe(ds), cache, print)
+    teacher, k = steps.teacher()
+    if "carried" not in json.loads((teacher / "edgeslm.json").read_text()):
+        raise SystemExit(f"no GPU-trained teacher for {ds} in {cache}: run benchmarks/gpu_train.py unpack first")
+    _, one_click = steps.one_click(teacher, k)
+    torch.set_num_threads(1)
+    model = load_checkpoint(teacher).model
+    tok = load_tokenizer((teacher / "tokenizer.json").read_text(), 64)
+
+    @torch.no_grad()
+    def run_torch(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).numpy()
+
+    def ort_run(folder: Path) -> Run:
+        s = ort.InferenceSession(str(folder / "model.onnx"), session_options(1), providers=["CPUExecutionProvider"])
+        return lambda feed: s.run(None, feed)[0]
+
+    tok_file = teacher / "tokenizer.json"
+    out: dict[str, tuple[Run, object, float]] = {
+        "teacher torch FP32": (run_torch, tok, _mb(teacher / "model.safetensors", tok_file)),
+        "teacher ORT INT8 (one-click)": (ort_run(one_click), tok, _mb(one_click / "model.onnx", tok_file)),
+    }
+    for student in STUDENTS[ds]:
+        for variant, extra in VARIANTS.items():
+            rc = load_recipe(RECIPES[ds], {**STUDENTS[ds][student], **extra})
+            folders = steps.student(teacher, k, rc)
+            kinds = {variant: folders["student_quantized"]}
+            if student == "2L" and variant == "INT8":  # the quantization ablation's FP32 point
+                kinds["FP32"] = folders["student_onnx"]
+            for kind, folder in kinds.items():
+                s_tok = load_tokenizer((folder / "tokenizer.json").read_text(), 64)
+                size = _mb(folder / "model.onnx", folder / "tokenizer.json")
+                out[f"{student} {kind}"] = (ort_run(folder), s_tok, size)
+    data = steps.dataset
+    return out, list(data.eval.texts), list(data.eval.labels), list(data.label_names)
+
+
+def bench(ds: str, cache: Path, rows: int | None, warmup: int) -> dict[str, object]:
+    runs, texts, gold, labels = systems(ds, cache)
+    if rows:
+        texts, gold = texts[:rows], gold[:rows]
+    feeds = {n: [encode(tok, [t]) for t in texts] for n, (_, tok, _) in runs.items()}  # type: ignore[arg-type]
+    times, outputs = round_robin({n: r for n, (r, _, _) in runs.items()}, feeds, warmup)
+    results: dict[str, dict[str, float]] = {}
+    for n, (_, _, size) in runs.items():
+        pred = [int(np.asarray(o).argmax()) for o in outputs[n]]
+        results[n] = {
+            "p50_ms": float(np.percentile(times[n], 50)),
+            "p95_ms": float(np.percentile(times[n], 95)),
+            "size_mb": size,
+            **classification_metrics(pred, gold, labels),
+        }
+    teacher, one_click = results["teacher torch FP32"], results["teacher ORT INT8 (one-click)"]
+    key = "in_scope_accuracy" if "oos" in labels else "accuracy"
+    for r in results.values():
+        r["speedup_vs_one_click"] = one_click["p50_ms"] / r["p50_ms"]
+        r["speedup_vs_torch"] = teacher["p50_ms"] / r["p50_ms"]
+        r["smaller_than_fp32"] = teacher["size_mb"] / r["size_mb"]
+        r["accuracy_vs_teacher"] = r[key] / teacher[key]
+        if "oos" in labels:
+            r["oos_recall_vs_teacher"] = r["oos_recall"] / max(teacher["oos_recall"], 1e-9)
+    return {
+        "dataset": ds,
+        "sentences": len(texts),
+        "threads": 1,
+        "batch": 1,
+        "warmup": warmup,
+        "accuracy_metric": key,
+        "systems": results,
+        "pareto": pareto(results, key),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+        },
+    }
+
+
+def pareto(results: dict[str, dict[str, float]], key: str) -> list[str]:
+    """Systems no other beats on accuracy, p50 and size at once (better or equal on all, better on one)."""
+
+    def beats(a: dict[str, float], b: dict[str, float]) -> bool:
+        ge = a[key] >= b[key] and a["p50_ms"] <= b["p50_ms"] and a["size_mb"] <= b["size_mb"]
+        return ge and (a[key] > b[key] or a["p50_ms"] < b["p50_ms"] or a["size_mb"] < b["size_mb"])
+
+    return [n for n, r in results.items() if not any(beats(o, r) for m, o in results.items() if m != n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--cache", type=Path, default=Path("out/.edgeslm-cache"))
+    ap.add_argument("--rows", type=int, default=None, help="first N eval sentences (default: all)")
+    ap.add_argument("--warmup", type=int, default=60)
+    args = ap.parse_args()
+    for ds in args.datasets:
+        result = bench(ds, args.cache, args.rows, args.warmup)
+        out = HERE / "results" / f"compress_{ds}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        key = str(result["accuracy_metric"])
+        systems_ = result["systems"]
+        assert isinstance(systems_, dict)
+        for n, r in systems_.items():
+            mark = "*" if n in result["pareto"] else " "  # type: ignore[operator]
+            print(
+                f"{mark} {n:28s} {key} {r[key]:.4f} ({r['accuracy_vs_teacher']:.3f})  p50 {r['p50_ms']:6.2f} ms "
+                f"({r['speedup_vs_one_click']:4.1f}x one-click, {r['speedup_vs_torch']:5.1f}x torch)  "
+                f"{r['size_mb']:6.2f} MB ({r['smaller_than_fp32']:4.1f}x)"
+            )
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Train issue 3's strong teachers and their students on a lent GPU, and carry them back in small files.
+
+On 2 CPU cores a full-data SST-2 teacher takes hours; a lent GPU does it in minutes, but its lease is short and
+each call brings back at most 64 MiB. So the GPU trains, and this machine exports, quantizes and measures:
+
+    # on the GPU machine (base: the MiniLM folder; --base accepts any local BERT folder)
+    python benchmarks/gpu_train.py train --base DIR --cache /tmp/gpu-cache
+    python benchmarks/gpu_train.py pack --cache /tmp/gpu-cache --to $OUT
+    # here: rebuild FP32 checkpoints into the build cache, where `edgeslm build` / the benchmarks reuse them
+    python benchmarks/gpu_train.py unpack --parts DIR
+
+`pack` keeps every tensor but the word-embedding table (the recipes freeze it: it is the base's, byte for byte)
+in FP16, tars the lot and cuts it into 15 MiB parts. `unpack` puts the base's embeddings back, widens to FP32
+and writes each checkpoint under the cache key the CPU build computes for the same recipe, so `build` finds the
+teacher and the students done. Accuracy is always measured here, after the FP16 round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from edgeslm import load_recipe
+from edgeslm.models import resolve_base
+from edgeslm.pipeline import Steps, _key
+from edgeslm.recipe import Recipe
+
+HERE = Path(__file__).parent
+RECIPES = {"sst2": HERE / "sst2_full.toml", "clinc150": HERE / "clinc150_full.toml"}
+# Students per dataset: name -> overrides on the recipe's [distill] (the recipe's own student is "2L").
+STUDENTS: dict[str, dict[str, dict[str, object]]] = {
+    "sst2": {
+        "2L": {},
+        "3L": {"distill.num_layers": 3, "distill.max_minutes": 0.5},
+        "2L-h6-f768": {"distill.heads": 6, "distill.ffn": 768},  # structured pruning after layer dropping
+        "2L-h6-f384": {"distill.heads": 6, "distill.ffn": 384},
+        "1L": {"distill.num_layers": 1, "distill.max_minutes": 0.35},
+        "1L-h6-f768": {"distill.num_layers": 1, "distill.heads": 6, "distill.ffn": 768, "distill.max_minutes": 0.35},
+        "2L-hidden": {"distill.hidden_weight": 1.0},  # ablation: + token-masked hidden-state MSE
+        "2L-ce-only": {"distill.kd_weight": 0.0, "distill.ce_weight": 1.0, "distill.max_minutes": 0.35},  # no teacher
+    },
+    "clinc150": {
+        "2L": {},
+        "2L-h6-f384": {"distill.heads": 6, "distill.ffn": 384},
+        "1L": {"distill.num_layers": 1},
+    },
+}
+WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
+PART = 15 << 20
+
+
+def recipe(ds: str, student: str = "2L", base: str | None = None) -> Recipe:
+    overrides = dict(STUDENTS[ds][student])
+    if base:
+        overrides["base"] = base
+    return load_recipe(RECIPES[ds], overrides)
+
+
+def train(base: str, cache: Path) -> None:
+    index: dict[str, dict[str, str]] = {}
+    for ds in RECIPES:
+        steps = Steps(recipe(ds, base=base), cache, print)
+        teacher, k = steps.teacher()
+        index[ds] = {"teacher": teacher.name}
+        for name in STUDENTS[ds]:
+            folder, _ = steps.distilled(teacher, k, recipe(ds, name, base))
+            index[ds][name] = folder.name
+        (cache / "index.json").write_text(json.dumps(index, indent=2))
+
+
+def pack(cache: Path, to: Path) -> None:
+    index = json.loads((cache / "index.json").read_text())
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(cache / "index.json", "index.json")
+        for roles in index.values():
+            for folder in roles.values():
+                weights = load_file(str(cache / folder / "model.safetensors"))
+                weights.pop(WORD_EMBEDDINGS)
+                half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+                tmp = cache / folder / "weights.fp16.safetensors"
+                save_file(half, str(tmp))
+                for file in ("weights.fp16.safetensors", "config.json", "edgeslm.json"):
+                    tar.add(cache / folder / file, f"{folder}/{file}")
+    blob = buf.getvalue()
+    to.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(blob), PART):
+        (to / f"models.tar.{i // PART:03d}").write_bytes(blob[i : i + PART])
+    print(f"packed {len(blob) / 1e6:.1f} MB into {-(-len(blob) // PART)} parts")
+
+
+def unpack(parts: list[Path], cache: Path) -> None:
+    blob = b"".join(p.read_bytes() for p in sorted(parts))
+    base = resolve_base("minilm")
+    embeddings = load_file(str(base / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+
+        def read(name: str) -> bytes:
+            f = tar.extractfile(members[name])
+            assert f is not None
+            return f.read()
+
+        index = json.loads(read("index.json"))
+        for ds, roles in index.items():
+            steps = Steps(recipe(ds), cache, print)
+            k_teacher = _key("finetune", steps.base_key, steps.recipe.finetune)
+            for role, folder in roles.items():
+                rc = recipe(ds, role) if role != "teacher" else steps.recipe
+                assert rc.finetune.freeze_embeddings and rc.distill.freeze_embeddings, "packed without embeddings"
+                key = k_teacher if role == "teacher" else _key("distill", k_teacher, rc.distill)
+                out = cache / f"{'finetune' if role == 'teacher' else 'distill'}-{key}"
+                if out.is_dir():
+                    print(f"{ds} {role}: {out} exists, kept")
+                    continue
+                from safetensors.torch import load as load_bytes
+
+                weights = {k: v.float() for k, v in load_bytes(read(f"{folder}/weights.fp16.safetensors")).items()}
+                weights[WORD_EMBEDDINGS] = embeddings.to(torch.float32)
+                tmp = out.with_name(out.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                save_file(weights, str(tmp / "model.safetensors"))
+                (tmp / "config.json").write_bytes(read(f"{folder}/config.json"))
+                meta = json.loads(read(f"{folder}/edgeslm.json"))
+                meta["carried"] = "trained on a lent GPU (benchmarks/gpu_train.py), FP16 round trip, base embeddings"
+                (tmp / "edgeslm.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+                shutil.copyfile(base / "tokenizer.json", tmp / "tokenizer.json")
+                tmp.rename(out)
+                print(f"{ds} {role}: {out} ({meta['train']['epochs_done']} epochs in {meta['train']['seconds']} s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--base", required=True)
+    t.add_argument("--cache", type=Path, required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--to", type=Path, required=True)
+    u = sub.add_parser("unpack")
+    u.add_argument("--parts", type=Path, required=True, help="folder holding models.tar.NNN")
+    u.add_argument("--cache", type=Path, default=Path("out/.edgeslm-cache"))
+    args = ap.parse_args()
+    if args.cmd == "train":
+        train(args.base, args.cache)
+    elif args.cmd == "pack":
+        pack(args.cache, args.to)
+    else:
+        unpack(sorted(args.parts.glob("models.tar.*")), args.cache)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Structured pruning and the training options that the full-data recipes use, for real on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import edgeslm
+from edgeslm import _train
+from edgeslm.compress.distill import distill
+from edgeslm.export.onnx import export_onnx
+from edgeslm.finetune import finetune
+from edgeslm.models import load_checkpoint
+from edgeslm.recipe import DistillConfig, ExportConfig, FinetuneConfig
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, tiny_data: edgeslm.DataConfig) -> Path:
+    out = tmp_path_factory.mktemp("prune") / "teacher"
+    config = FinetuneConfig(data=tiny_data, epochs=1, batch_size=16, learning_rate=1e-3, freeze_embeddings=True)
+    return finetune(tiny_base, out, config)
+
+
+def test_frozen_embeddings_stay_as_pretrained(teacher: Path, tiny_base: Path) -> None:
+    base = load_file(str(tiny_base / "model.safetensors"))
+    tuned = load_file(str(teacher / "model.safetensors"))
+    key = "embeddings.word_embeddings.weight"
+    np.testing.assert_array_equal(tuned[f"encoder.{key}"], base[key])
+    assert not np.array_equal(tuned["head.weight"], np.zeros_like(tuned["head.weight"]))
+    assert json.loads((teacher / "edgeslm.json").read_text())["train"]["device"] == "cpu"
+
+
+def test_pruned_student_is_dense_smaller_and_exports(
+    teacher: Path, tiny_data: edgeslm.DataConfig, tmp_path: Path
+) -> None:
+    config = DistillConfig(data=tiny_data, num_layers=2, heads=1, ffn=16, importance_rows=64, epochs=1, batch_size=16)
+    student = distill(teacher, tmp_path / "student", config)
+    full = load_checkpoint(teacher).model
+    ckpt = load_checkpoint(student)  # rebuilds the narrower attention from config.json
+    layer = ckpt.model.encoder.encoder.layer[0]
+    assert layer.attention.self.query.out_features == 16  # 1 head of 16 (the tiny model: 2 heads of 16)
+    assert layer.intermediate.dense.out_features == 16
+    assert sum(p.numel() for p in ckpt.model.encoder.encoder.parameters()) < sum(
+        p.numel() for p in full.encoder.encoder.parameters()
+    )
+    onnx = export_onnx(student, tmp_path / "onnx", ExportConfig(data=tiny_data, check_rows=8))
+    check = json.loads((onnx / "edgeslm.json").read_text())["export"]["check"]
+    assert check["max_abs_diff"] < 1e-4 and check["label_agreement"] == 1.0
+
+
+def test_importance_keeps_what_matters(teacher: Path, tiny_data: edgeslm.DataConfig) -> None:
+    """Keeping the highest-scored neurons changes the model's outputs less than keeping the lowest-scored ones."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeslm.compress import prune
+    from edgeslm.data import load_dataset
+    from edgeslm.runtime.predictor import encode, load_tokenizer
+
+    ds = load_dataset(tiny_data)
+    ckpt = load_checkpoint(teacher)
+    tok = load_tokenizer((teacher / "tokenizer.json").read_text(), 64)
+    gold = torch.tensor(ds.train.labels)
+    feeds = [(_train.to_torch(encode(tok, list(ds.train.texts[i : i + 32]))), list(range(i, i + 32))) for i in (0, 32)]
+    heads, ffn = prune.importance(ckpt.model, feeds, lambda logits, idx: F.cross_entropy(logits, gold[idx]))
+    assert heads.shape == (2, 2) and ffn.shape == (2, 64) and bool((ffn >= 0).all())
+    texts = list(ds.eval.texts)
+    reference = _train.predict_logits(ckpt.model, tok, texts)
+    drift = {}
+    for sign in (1, -1):
+        model = load_checkpoint(teacher).model
+        prune.narrow(model, sign * heads, sign * ffn, 2, 16)
+        drift[sign] = float(np.abs(_train.predict_logits(model, tok, texts) - reference).mean())
+    assert drift[1] < drift[-1]
+
+
+def test_pruning_more_than_the_teacher_has_is_refused(
+    teacher: Path, tiny_data: edgeslm.DataConfig, tmp_path: Path
+) -> None:
+    with pytest.raises(edgeslm.ConfigError, match="`heads` must be at most the teacher's 2 per layer, got 3"):
+        distill(teacher, tmp_path / "s", DistillConfig(data=tiny_data, num_layers=1, heads=3))
+    with pytest.raises(edgeslm.ConfigError, match="`ffn` must be > 0, got 0"):
+        DistillConfig(ffn=0)
+
+
+def test_time_budget_shrinks_the_schedule_to_what_fits() -> None:
+    assert _train._fit_budget(planned=1000, step=30, pace=10.0, remaining=10.0) == 30 + 95
+    assert _train._fit_budget(planned=100, step=30, pace=10.0, remaining=60.0) == 100  # never beyond the plan
