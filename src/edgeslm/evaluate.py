@@ -117,7 +117,15 @@ def model_facts(path: Path) -> dict[str, Any]:
         import onnx
 
         file = path / "model.onnx"
-        graph = onnx.load(str(file), load_external_data=False).graph
+        if kind == "bundle":  # the manifest names the model file, which may be entropy-coded (model.onnx.xz)
+            from .bundle import verify_bundle
+            from .runtime.predictor import model_bytes
+
+            manifest, blobs = verify_bundle(path)
+            file = path / manifest.model
+            graph = onnx.load_from_string(model_bytes(manifest, blobs)).graph
+        else:
+            graph = onnx.load(str(file), load_external_data=False).graph
         params = sum(math.prod(t.dims) for t in graph.initializer)
     return {"file": file.name, "size_mb": file.stat().st_size / 1e6, "parameters": int(params)}
 

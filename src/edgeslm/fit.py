@@ -15,6 +15,7 @@ from typing import Any
 from .bundle import verify_bundle
 from .devices import check_device
 from .errors import ConfigError
+from .runtime.predictor import model_bytes
 
 __all__ = ["FitLine", "fit", "graph_memory"]
 
@@ -30,11 +31,11 @@ class FitLine:
     ok: bool | None  # None: cannot be decided (a gap in the device profile), shown as "n/a"
 
 
-def graph_memory(model_bytes: bytes, seq_len: int) -> dict[str, int]:
+def graph_memory(onnx_bytes: bytes, seq_len: int) -> dict[str, int]:
     """Weight bytes and peak live activation bytes of an ONNX graph at batch 1 and ``seq_len`` tokens."""
     import onnx
 
-    model = onnx.load_from_string(model_bytes)
+    model = onnx.load_from_string(onnx_bytes)
     for inp in model.graph.input:
         dims = inp.type.tensor_type.shape.dim
         for d, value in zip(dims, (1, seq_len), strict=False):
@@ -77,7 +78,7 @@ def fit(bundle: Path, device: str, seq_len: int = 128) -> tuple[dict[str, Any], 
     profile = check_device(device)
     manifest, blobs = verify_bundle(Path(bundle))
     stored = sum(len(b) for b in blobs.values()) + len((Path(bundle) / "manifest.json").read_bytes())
-    mem = graph_memory(blobs[manifest.model], min(seq_len, manifest.max_length))
+    mem = graph_memory(model_bytes(manifest, blobs), min(seq_len, manifest.max_length))
     ram_need = mem["weights"] + mem["activations_peak"]
     flash, ram = profile["storage_mb"] * 1e6, profile["ram_mb"] * 1e6
     fmt = "onnxruntime"

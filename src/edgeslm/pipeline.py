@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import lzma
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +106,7 @@ class Steps:
 
     def student(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> dict[str, Path]:
         """Distill (and trim), export and quantize a student; returns the folders of each stage."""
+        from .compress.cluster import cluster
         from .compress.quantize import quantize
         from .compress.trim import trim_vocab
         from .export.onnx import export_onnx
@@ -113,6 +116,10 @@ class Steps:
         if rc.trim.enabled:
             untrimmed = ckpt
             ckpt, k = self.step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
+        if rc.cluster.enabled:
+            unclustered = ckpt
+            key = _key("cluster", k, rc.cluster)
+            ckpt, k = self.step("cluster", key, lambda o: cluster(unclustered, o, rc.cluster))
         onnx, k = self.step("export", _key("export", k, rc.export), lambda o: export_onnx(ckpt, o, rc.export))
         quantized, _ = self.step("quantize", _key("quantize", k, rc.quantize), lambda o: quantize(onnx, o, rc.quantize))
         return {"student": ckpt, "student_onnx": onnx, "student_quantized": quantized}
@@ -132,30 +139,40 @@ class Steps:
 
 
 def write_student_bundle(quantized: Path, out: Path, recipe: Recipe, devices: list[dict[str, Any]]) -> Manifest:
-    """Package a quantized student folder as a bundle (manifest without metrics; the caller adds them)."""
+    """Package a quantized student folder as a bundle (manifest without metrics; the caller adds them).
+
+    A weight-clustered student is stored entropy-coded (``model.onnx.xz``); the runtime decodes it at load.
+    """
     meta = json.loads((quantized / "edgeslm.json").read_text(encoding="utf-8"))
-    return write_bundle(
-        {"model.onnx": quantized / "model.onnx", "tokenizer.json": quantized / "tokenizer.json"},
-        out,
-        {
-            "task": "text-classification",
-            "labels": tuple(meta["labels"]),
-            "max_length": int(meta["max_length"]),
-            "inputs": ("input_ids", "attention_mask", "token_type_ids"),
-            "model": "model.onnx",
-            "tokenizer": "tokenizer.json",
-            "min_runtime_version": RUNTIME_VERSION,
-            "target_devices": tuple(d["name"] for d in devices),
-            "recipe": recipe.to_dict(),
-            "extra": {
-                "edgeslm_version": __version__,
-                "teacher_layers": meta.get("teacher_layers"),
-                "export_check": meta["export"]["check"],
-                "quantize": meta["quantize"],
-                "trim": meta.get("trim"),
+    model = "model.onnx.xz" if recipe.cluster.enabled and recipe.cluster.entropy_code else "model.onnx"
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {model: quantized / "model.onnx", "tokenizer.json": quantized / "tokenizer.json"}
+        if model.endswith(".xz"):
+            files[model] = Path(scratch) / model
+            files[model].write_bytes(lzma.compress((quantized / "model.onnx").read_bytes(), preset=9))
+        return write_bundle(
+            files,
+            out,
+            {
+                "task": "text-classification",
+                "labels": tuple(meta["labels"]),
+                "max_length": int(meta["max_length"]),
+                "inputs": ("input_ids", "attention_mask", "token_type_ids"),
+                "model": model,
+                "tokenizer": "tokenizer.json",
+                "min_runtime_version": RUNTIME_VERSION,
+                "target_devices": tuple(d["name"] for d in devices),
+                "recipe": recipe.to_dict(),
+                "extra": {
+                    "edgeslm_version": __version__,
+                    "teacher_layers": meta.get("teacher_layers"),
+                    "export_check": meta["export"]["check"],
+                    "quantize": meta["quantize"],
+                    "trim": meta.get("trim"),
+                    "cluster": meta.get("cluster"),
+                },
             },
-        },
-    )
+        )
 
 
 def precision(recipe: Recipe) -> str:

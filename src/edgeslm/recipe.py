@@ -17,6 +17,7 @@ from typing import Any, Union
 from .errors import ConfigError
 
 __all__ = [
+    "ClusterConfig",
     "DataConfig",
     "DistillConfig",
     "EvalConfig",
@@ -149,6 +150,39 @@ class TrimConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Weight sharing: a k-means codebook per weight matrix, centroids fine-tuned against the unclustered student."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    enabled: bool = False  # off by default: a fine-tuning pass that pays off in stored and over-the-air bytes
+    bits: int = 4  # each encoder matrix keeps 2^bits distinct values (Deep Compression: 4-5 bits for FC layers)
+    embedding_bits: int | None = 6  # the word-embedding table's codebook; None leaves the table unclustered
+    entropy_code: bool = True  # store the bundle's model xz-compressed (stdlib lzma; the runtime decodes at load)
+    epochs: float = 1.0  # centroid fine-tuning passes over the train rows
+    max_minutes: float | None = None
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0  # centroids are few and shared; decaying them only shrinks the weights
+    warmup: float = 0.1
+    batch_size: int = 64
+    max_length: int = 64
+    temperature: float = 2.0  # of the KL term against the unclustered student's logits
+    seed: int = 0
+
+    @property
+    def freeze_embeddings(self) -> bool:  # the training loop's field: here the codebooks decide what trains
+        return False
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.bits <= 8, f"`bits` must be between 1 and 8, got {self.bits!r}")
+        if self.embedding_bits is not None:
+            _check(
+                1 <= self.embedding_bits <= 8, f"`embedding_bits` must be between 1 and 8, got {self.embedding_bits!r}"
+            )
+        for name in ("epochs", "learning_rate", "batch_size", "max_length", "temperature"):
+            _positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """ONNX export, checked against torch on real sentences."""
 
@@ -197,7 +231,7 @@ class Int4WeightOnlyConfig:
         _check(self.accuracy_level in (0, 1, 2, 3, 4), f"`accuracy_level` must be 0-4, got {self.accuracy_level!r}")
 
 
-_STEPS = ("finetune", "distill", "trim", "export", "quantize", "eval")
+_STEPS = ("finetune", "distill", "trim", "cluster", "export", "quantize", "eval")
 QuantizeConfig = Int8DynamicConfig | Int8StaticConfig | Int4WeightOnlyConfig
 QUANTIZE_METHODS: dict[str, type[Int8DynamicConfig] | type[Int8StaticConfig] | type[Int4WeightOnlyConfig]] = {
     "int8-dynamic": Int8DynamicConfig,
@@ -254,6 +288,7 @@ class Recipe:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     trim: TrimConfig = field(default_factory=TrimConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=Int8DynamicConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -287,6 +322,7 @@ _SECTIONS: dict[str, type] = {
     "finetune": FinetuneConfig,
     "distill": DistillConfig,
     "trim": TrimConfig,
+    "cluster": ClusterConfig,
     "export": ExportConfig,
     "eval": EvalConfig,
     "search": SearchConfig,

@@ -5,6 +5,7 @@ Imports numpy, onnxruntime and tokenizers only; a test checks that torch and tra
 
 from __future__ import annotations
 
+import lzma
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,27 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError(f"the runtime needs {e.name}; fix: pip install 'edgeslm[runtime]'") from e
 
-__all__ = ["Prediction", "Predictor", "encode", "load_tokenizer"]
+__all__ = ["Prediction", "Predictor", "encode", "load_tokenizer", "model_bytes"]
+
+MAX_MODEL_BYTES = 1 << 30  # a compressed model file may not unpack to more (a decompression bomb stops here)
+
+
+def model_bytes(manifest: Manifest, blobs: dict[str, bytes]) -> bytes:
+    """The bundle's ONNX graph; a ``.xz`` model file (a weight-clustered bundle, entropy-coded) is decoded here.
+
+    xz because it is in Python's standard library (no new dependency on the device) and codes the few distinct
+    byte values of a clustered INT8 matrix close to their entropy; the blob was hash-checked before this.
+    """
+    blob = blobs[manifest.model]
+    if not manifest.model.endswith(".xz"):
+        return blob
+    try:
+        out = lzma.LZMADecompressor().decompress(blob, max_length=MAX_MODEL_BYTES + 1)
+    except lzma.LZMAError as e:
+        raise BundleError(f"bundle model `{manifest.model}` is not valid xz data ({e}); rebuild the bundle") from e
+    if len(out) > MAX_MODEL_BYTES:
+        raise BundleError(f"bundle model `{manifest.model}` unpacks to more than {MAX_MODEL_BYTES} bytes; refused")
+    return out
 
 
 @dataclass(frozen=True)
@@ -106,7 +127,7 @@ class Predictor:
         except Exception as e:  # tokenizers raises plain Exception on bad JSON
             raise BundleError(f"bundle tokenizer `{manifest.tokenizer}` does not load ({e}); rebuild the bundle") from e
         try:
-            session, execution = build_session(blobs[manifest.model], session_options(threads), providers)
+            session, execution = build_session(model_bytes(manifest, blobs), session_options(threads), providers)
         except BundleError as e:
             raise BundleError(f"bundle model `{manifest.model}`: {e}") from e
         self._session = session
