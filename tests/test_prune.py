@@ -90,3 +90,23 @@ def test_pruning_more_than_the_teacher_has_is_refused(
 def test_time_budget_shrinks_the_schedule_to_what_fits() -> None:
     assert _train._fit_budget(planned=1000, step=30, pace=10.0, remaining=10.0) == 30 + 95
     assert _train._fit_budget(planned=100, step=30, pace=10.0, remaining=60.0) == 100  # never beyond the plan
+
+
+def test_mixed_precision_keeps_the_most_sensitive_matmuls_float(
+    teacher: Path, tiny_data: edgeslm.DataConfig, tmp_path: Path
+) -> None:
+    import onnx
+
+    from edgeslm.compress.quantize import quantize
+    from edgeslm.recipe import Int8DynamicConfig
+
+    onnx_dir = export_onnx(teacher, tmp_path / "onnx", ExportConfig(data=tiny_data, check_rows=8))
+    out = quantize(onnx_dir, tmp_path / "q", Int8DynamicConfig(keep_float=2, data=tiny_data, calibration_rows=16))
+    kept = json.loads((out / "edgeslm.json").read_text())["quantize"]["kept_float"]
+    assert len(kept) == 2
+    graph = onnx.load(str(out / "model.onnx")).graph
+    float_matmuls = {n.name for n in graph.node if n.op_type == "MatMul"}
+    assert set(kept) <= float_matmuls  # left as float MatMul, every other weight MatMul became integer
+    assert any(n.op_type == "MatMulInteger" for n in graph.node)
+    with pytest.raises(edgeslm.ConfigError, match="`keep_float` must be >= 0, got -1"):
+        Int8DynamicConfig(keep_float=-1)

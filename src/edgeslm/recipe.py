@@ -200,6 +200,13 @@ class Int8DynamicConfig:
     """onnxruntime dynamic quantization: INT8 weights, activations quantized on the fly."""
 
     per_channel: bool = False  # per-output-channel weight scales; measured no gain on MiniLM here
+    keep_float: int = 0  # mixed precision: the N MatMuls whose INT8 moves the logits most stay FP32; 0: all INT8
+    data: DataConfig = field(default_factory=DataConfig)  # train rows that rank the MatMuls when keep_float > 0
+    calibration_rows: int = 64  # how many
+
+    def __post_init__(self) -> None:
+        _check(self.keep_float >= 0, f"`keep_float` must be >= 0, got {self.keep_float!r}")
+        _positive("calibration_rows", self.calibration_rows)
 
 
 @dataclass(frozen=True)
