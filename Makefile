@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean chromium export-env
+.PHONY: demo test bench bench-compress install clean chromium export-env
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,11 @@ test: $(STAMP) chromium export-env
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_latency.py
+
+# Issue 3's side-by-side table: needs the full-data teachers and students from benchmarks/gpu_train.py (a GPU
+# trains them in minutes; `gpu_train.py unpack` puts them in out/.edgeslm-cache), then exports and measures here.
+bench-compress: $(STAMP)
+	$(BIN)/python benchmarks/bench_compress.py
 
 clean:
 	rm -rf $(VENV) $(EXPORT_VENV) out
