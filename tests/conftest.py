@@ -235,3 +235,23 @@ def minilm_embedding_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("minilm-embedding") / "bundle"
     build_embedding_bundle("minilm", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def learn_build(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, tiny_data: DataConfig) -> Path:
+    """A real build folder of the tiny BERT (1-layer INT8 student bundle, report.json naming the student checkpoint),
+    for the personalize and federate tests (about 15 s)."""
+    import edgeslm
+    from edgeslm.recipe import DistillConfig, EvalConfig, ExportConfig, FinetuneConfig, Recipe
+
+    out = tmp_path_factory.mktemp("learn") / "build"
+    recipe = Recipe(
+        base=str(tiny_base),
+        data=tiny_data,
+        finetune=FinetuneConfig(epochs=1, batch_size=16),
+        distill=DistillConfig(num_layers=1, epochs=1, batch_size=16),
+        export=ExportConfig(check_rows=8),
+        eval=EvalConfig(latency_rows=10, warmup_rows=1),
+    )
+    edgeslm.build(recipe, out)
+    return out

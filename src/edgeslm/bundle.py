@@ -19,13 +19,21 @@ from typing import Any
 from ._fs import atomic_dir, write_json
 from .errors import BundleError, SignatureError
 
-__all__ = ["FORMAT_VERSION", "Manifest", "check_file", "parse_manifest", "verify_bundle", "write_bundle"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Manifest",
+    "check_file",
+    "parse_manifest",
+    "read_manifest",
+    "verify_bundle",
+    "write_bundle",
+]
 
 FORMAT_VERSION = 1  # bump on any change a reader of the previous version would misread
 RUNTIME_VERSION = "0.1.0"  # the version of edgeslm.runtime; bundles name the minimum they need
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # Ed25519 signature over the exact bytes of manifest.json (see secure/signing.py)
-TASKS = ("text-classification", "embedding")  # an embedding bundle has no labels
+TASKS = ("text-classification", "embedding", "text-generation")  # only a classifier has labels
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # plain file names: no folders, no `..`
 
 
@@ -109,7 +117,7 @@ def parse_manifest(data: bytes) -> Manifest:
         raise BundleError(f"bundle task `{task}` is not one this runtime runs ({', '.join(TASKS)}); upgrade edgeslm")
     labels = need("labels", list)
     inputs = need("inputs", list)
-    if (not labels and task != "embedding") or not all(isinstance(x, str) for x in labels):
+    if (not labels and task == "text-classification") or not all(isinstance(x, str) for x in labels):
         raise BundleError("manifest.json `labels` must be a non-empty list of strings; rebuild the bundle")
     if not inputs or not all(isinstance(x, str) for x in inputs):
         raise BundleError("manifest.json `inputs` must be a non-empty list of strings; rebuild the bundle")
@@ -162,13 +170,8 @@ def check_file(name: str, data: bytes, entry: FileEntry) -> None:
         )
 
 
-def verify_bundle(path: Path, trusted_keys: Sequence[bytes] | None = None) -> tuple[Manifest, dict[str, bytes]]:
-    """Read a bundle folder, check the manifest and every listed file; return the manifest and the file bytes.
-
-    With ``trusted_keys`` (raw Ed25519 public keys), ``manifest.sig`` must verify against one of them first; the
-    manifest holds every file's sha256, so the signature covers the whole bundle. The caller loads from the returned
-    bytes, so what was checked is exactly what is used.
-    """
+def read_manifest(path: Path, trusted_keys: Sequence[bytes] | None = None) -> Manifest:
+    """The bundle folder's manifest, its signature checked first when ``trusted_keys`` are given (no file hashes)."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"bundle `{path}` is not a folder; pass the bundle/ folder that `edgeslm build` wrote")
@@ -187,7 +190,18 @@ def verify_bundle(path: Path, trusted_keys: Sequence[bytes] | None = None) -> tu
                 "sign it with `edgeslm sign`"
             ) from e
         verify_signature(manifest_bytes, signature, trusted_keys)
-    manifest = parse_manifest(manifest_bytes)
+    return parse_manifest(manifest_bytes)
+
+
+def verify_bundle(path: Path, trusted_keys: Sequence[bytes] | None = None) -> tuple[Manifest, dict[str, bytes]]:
+    """Read a bundle folder, check the manifest and every listed file; return the manifest and the file bytes.
+
+    With ``trusted_keys`` (raw Ed25519 public keys), ``manifest.sig`` must verify against one of them first; the
+    manifest holds every file's sha256, so the signature covers the whole bundle. The caller loads from the returned
+    bytes, so what was checked is exactly what is used.
+    """
+    path = Path(path)
+    manifest = read_manifest(path, trusted_keys)
     blobs: dict[str, bytes] = {}
     for name, entry in manifest.files.items():
         try:

@@ -465,6 +465,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "edgeslm.runtime.cli",
     "edgeslm.cloud.cli",
     "edgeslm.export.cli",
+    "edgeslm.learn.cli",
+    "edgeslm.generate.cli",
 )
 
 

@@ -74,9 +74,11 @@ def _requested(wanted: Sequence[str] | None) -> list[str]:
 
 
 def build_session(
-    model: bytes, options: ort.SessionOptions, wanted: Sequence[str] | None = None
+    model: bytes | str, options: ort.SessionOptions, wanted: Sequence[str] | None = None
 ) -> tuple[ort.InferenceSession, Execution]:
     """An InferenceSession on the first provider in ``wanted`` that works; CPU last, always.
+
+    ``model`` is the graph's bytes, or a path to a file that was hash-checked through the same open descriptor.
 
     Raises BundleError only when the CPU itself cannot load the graph (the model is broken, not the device).
     """
