@@ -199,6 +199,10 @@ def test_bad_input_is_refused_with_a_clear_error(tiny_llama: dict[str, Path], tm
     classifier = write_tiny_bundle(tmp_path / "clf")
     with pytest.raises(BundleError, match="text-classification bundle; generation needs a text-generation"):
         Generator(classifier)
+    from edgeslm.runtime import Predictor
+
+    with pytest.raises(BundleError, match="is a text-generation bundle; Predictor runs classifiers"):
+        Predictor(tiny_llama["int4-4"])
 
 
 def test_signed_bundle_verifies_and_a_changed_file_is_refused(tiny_llama: dict[str, Path], tmp_path: Path) -> None:
@@ -232,6 +236,8 @@ def test_cli_streams_summarises_and_refuses_a_classifier(tiny_llama: dict[str, P
     doc.write_text("A small language model runs on the device. " * 60, encoding="utf-8")
     summary = runner.invoke(app, ["generate-summary", bundle, str(doc), "-n", "4"])
     assert summary.exit_code == 0 and "warning: the document is longer" in summary.output
+    dispatched = runner.invoke(app, ["summarize", bundle, str(doc)])  # `summarize` on a generative bundle
+    assert dispatched.exit_code == 0 and "warning: the document is longer" in dispatched.output
     for args in (["generate", bundle, "", "-n", "3"], ["generate", bundle, "hi", "-n", "0"]):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 1 and bad.output.startswith("error:") and "Traceback" not in bad.output

@@ -63,6 +63,20 @@ def _print(stream: Stream, stats: bool) -> None:
         )
 
 
+def summarize_abstractive(generator: Generator, text: str, sampling: Sampling, stats: bool = False) -> None:
+    """Stream a summary of ``text``; a document longer than the context is cut at its end, with a warning.
+
+    Shared by `generate-summary` and by `summarize` when it is given a text-generation bundle.
+    """
+    stream, dropped = generator.summarize(text, sampling)
+    if dropped:
+        sys.stderr.write(
+            f"warning: the document is longer than the bundle's context ({generator.context} tokens); "
+            f"its last {dropped} tokens were left out of the summary\n"
+        )
+    _print(stream, stats)
+
+
 def register(app: typer.Typer) -> None:
     from ..cli import _friendly, console
 
@@ -129,11 +143,4 @@ def register(app: typer.Typer) -> None:
 
         text = sys.stdin.read() if str(document) == "-" else _read_text(document)
         sampling = _sampling(max_new_tokens, temperature, top_k, top_p, seed, None)
-        generator = _load(bundle, threads, trusted_key)
-        stream, dropped = generator.summarize(text, sampling)
-        if dropped:
-            sys.stderr.write(
-                f"warning: the document is longer than the bundle's context ({generator.context} tokens); "
-                f"its last {dropped} tokens were left out of the summary\n"
-            )
-        _print(stream, stats)
+        summarize_abstractive(_load(bundle, threads, trusted_key), text, sampling, stats)

@@ -252,19 +252,31 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @_friendly
     def summarize(
-        bundle: Annotated[Path, typer.Argument(help="An embedding bundle (task `embedding`).")],
+        bundle: Annotated[
+            Path, typer.Argument(help="An embedding bundle (extractive) or a text-generation bundle (abstractive).")
+        ],
         document: Annotated[Path, typer.Argument(help="A text file to summarise, or - for standard input.")],
-        sentences: Annotated[int, typer.Option("-n", "--sentences", help="Sentences to keep.")] = 3,
+        sentences: Annotated[int, typer.Option("-n", "--sentences", help="Sentences to keep (extractive).")] = 3,
         as_json: Annotated[bool, typer.Option("--json", help="Print sentences, positions and scores as JSON.")] = False,
     ) -> None:
-        """Summarise a document on the device: its most central sentences, in order (extractive; nothing invented)."""
+        """Summarise a document on the device. An embedding bundle keeps its most central sentences, in order
+        (extractive; nothing invented); a text-generation bundle writes a summary (greedy, up to 128 tokens; see
+        `edgeslm generate-summary` for sampling options)."""
         import sys
 
+        from ..bundle import read_manifest
         from .predictor import Predictor
         from .summarize import SummaryConfig
         from .summarize import summarize as run
 
         text = sys.stdin.read() if str(document) == "-" else _read_text(document)
+        if read_manifest(bundle).task == "text-generation":
+            from ..generate.cli import summarize_abstractive
+            from .generate import Generator, Sampling
+
+            generator = Generator(bundle)  # up to 128 new tokens, leaving most of the context to the document
+            summarize_abstractive(generator, text, Sampling(max_new_tokens=min(128, generator.context // 4)))
+            return
         summary = run(Predictor(bundle), text, SummaryConfig(sentences=sentences))
         if as_json:
             body = {"summary": list(summary.sentences), "indices": list(summary.indices)}

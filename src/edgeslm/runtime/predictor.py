@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
-from ..bundle import Manifest, verify_bundle
+from ..bundle import Manifest, read_manifest, verify_bundle
 from ..errors import BundleError, ConfigError, MissingExtraError
 from .providers import Execution, build_session
 
@@ -118,6 +118,11 @@ class Predictor:
         trusted_keys: Sequence[bytes] | None = None,
         providers: Sequence[str] | None = None,
     ) -> None:
+        if read_manifest(Path(bundle), trusted_keys).task == "text-generation":  # before hashing 100+ MB
+            raise BundleError(
+                f"bundle `{bundle}` is a text-generation bundle; Predictor runs classifiers and embedders: "
+                "use `edgeslm generate` (edgeslm.runtime.generate.Generator)"
+            )
         manifest, blobs = verify_bundle(Path(bundle), trusted_keys)
         self.manifest: Manifest = manifest
         self.labels = manifest.labels
