@@ -6,6 +6,7 @@ well-kept library does exactly this for whole directories.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks (model files are hundreds of MB)."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

@@ -6,7 +6,6 @@ and head; never a pickle), ``tokenizer.json`` and ``edgeslm.json`` (labels, max 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -18,6 +17,7 @@ import torch  # noqa: F401  (models.py is build-side only; the runtime never imp
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
+from ._fs import sha256_file
 from .errors import ModelError
 
 __all__ = ["Checkpoint", "TextClassifier", "load_checkpoint", "resolve_base", "save_checkpoint"]
@@ -31,14 +31,6 @@ MINILM_SHA256 = {
 }
 BERT_FAMILY = ("bert",)  # encoder types whose layers, export and quantization are tested
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_base(name: str) -> Path:

@@ -8,7 +8,6 @@ in ``manifest.extra["generation"]``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import tempfile
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .._fs import sha256_file
 from ..bundle import RUNTIME_VERSION, Manifest, write_bundle
 from ..errors import ConfigError, MissingExtraError, ModelError
 from .gguf_weights import LlamaWeights, read_gguf
@@ -75,14 +75,6 @@ def _tokenizer_json(gguf: Path, config: GenerateConfig) -> str:
     return str(tok.backend_tokenizer.to_str())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _generation_fields(weights: LlamaWeights, config: GenerateConfig) -> dict[str, Any]:
     c, meta = weights.config, weights.metadata
     return {
@@ -130,7 +122,7 @@ def build_generate(out: Path, config: GenerateConfig | None = None, *, force: bo
                 "extra": {
                     "edgeslm_version": __version__,
                     "generation": _generation_fields(weights, config),
-                    "source": {"file": gguf.name, "sha256": _sha256(gguf), "name": weights.metadata["name"]},
+                    "source": {"file": gguf.name, "sha256": sha256_file(gguf), "name": weights.metadata["name"]},
                     "build_seconds": round(time.perf_counter() - started, 1),
                 },
             },
