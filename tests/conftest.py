@@ -255,3 +255,27 @@ def learn_build(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, tiny_
     )
     edgeslm.build(recipe, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The GGUF, its tokenizer and one bundle per precision (about 1 s in all)."""
+    pytest.importorskip("gguf")
+    from _tiny_llama import write_gguf, write_tokenizer
+    from edgeslm.generate import GenerateConfig, build_generate
+
+    root = tmp_path_factory.mktemp("tinyllama")
+    vocab = write_tokenizer(root / "tokenizer.json")
+    write_gguf(root / "tiny.gguf", vocab)
+    out = {"gguf": root / "tiny.gguf", "tokenizer": root / "tokenizer.json"}
+    for precision, level in (("fp32", 0), ("int4", 0), ("int4", 4), ("int4-rtn", 0), ("int8", 0)):
+        config = GenerateConfig(
+            gguf=str(root / "tiny.gguf"),
+            tokenizer=str(root / "tokenizer.json"),
+            precision=precision,
+            accuracy_level=level,
+            max_length=128,
+        )
+        out[f"{precision}-{level}"] = root / f"{precision}-{level}"
+        build_generate(root / f"{precision}-{level}", config)
+    return out

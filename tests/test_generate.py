@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,105 +19,9 @@ from typer.testing import CliRunner
 from conftest import write_tiny_bundle
 from edgeslm.cli import app
 from edgeslm.errors import BundleError, ConfigError
-from edgeslm.generate import GenerateConfig, build_generate
 from edgeslm.runtime.generate import Generator, Sampling
 
-gguf = pytest.importorskip("gguf")
-
-_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-_CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Robert Boulter is an English film, television and theatre actor.",
-    "Summarize the following text in two or three sentences.",
-    "A small language model runs on the device without the cloud.",
-] * 20
-
-
-def _tokenizer(path: Path) -> list[str]:
-    """A byte-level BPE (GPT-2 style, like SmolLM2's) with the chat special tokens; returns the vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(_CORPUS, trainer)
-    tok.save(str(path))
-    vocab = tok.get_vocab()
-    return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-
-
-def _write_gguf(path: Path, vocab: list[str]) -> None:
-    from gguf import GGMLQuantizationType as Q
-    from gguf.quants import quantize
-
-    hidden, ffn, layers, heads, kv_heads = 64, 128, 2, 4, 2
-    rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(layers)
-    w.add_context_length(256)
-    w.add_embedding_length(hidden)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(hidden // heads)
-    w.add_vocab_size(len(vocab))
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(vocab)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_chat_template(_TEMPLATE)
-
-    def mat(name: str, n: int, k: int, kind: Q, scale: float = 0.1) -> None:
-        data = (rng.standard_normal((n, k)) * scale).astype(np.float32)
-        w.add_tensor(name, quantize(data, kind), raw_dtype=kind)
-
-    mat("token_embd.weight", len(vocab), hidden, Q.Q8_0, 0.5)
-    for i in range(layers):
-        p = f"blk.{i}"
-        kv = hidden // heads * kv_heads
-        for name, n, k in (("attn_q", hidden, hidden), ("attn_k", kv, hidden), ("attn_v", kv, hidden)):
-            mat(f"{p}.{name}.weight", n, k, Q.Q4_1, 0.3)
-        mat(f"{p}.attn_output.weight", hidden, hidden, Q.Q4_1)
-        mat(f"{p}.ffn_gate.weight", ffn, hidden, Q.Q4_1)
-        mat(f"{p}.ffn_up.weight", ffn, hidden, Q.Q4_1)
-        mat(f"{p}.ffn_down.weight", hidden, ffn, Q.Q4_1)
-        w.add_tensor(f"{p}.attn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
-        w.add_tensor(f"{p}.ffn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
-    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The GGUF, its tokenizer and one bundle per precision (about 1 s in all)."""
-    root = tmp_path_factory.mktemp("tinyllama")
-    vocab = _tokenizer(root / "tokenizer.json")
-    _write_gguf(root / "tiny.gguf", vocab)
-    out = {"gguf": root / "tiny.gguf", "tokenizer": root / "tokenizer.json"}
-    for precision, level in (("fp32", 0), ("int4", 0), ("int4", 4), ("int4-rtn", 0), ("int8", 0)):
-        config = GenerateConfig(
-            gguf=str(root / "tiny.gguf"),
-            tokenizer=str(root / "tokenizer.json"),
-            precision=precision,
-            accuracy_level=level,
-            max_length=128,
-        )
-        out[f"{precision}-{level}"] = root / f"{precision}-{level}"
-        build_generate(root / f"{precision}-{level}", config)
-    return out
-
+pytest.importorskip("gguf")
 
 _IDS = [5, 17, 42, 99, 3, 250, 7, 7, 120, 64, 11, 300]
 
@@ -289,3 +194,68 @@ def test_openai_chat_completion_and_its_stream(tiny_llama: dict[str, Path]) -> N
             parse_chat_request(bad)
     with pytest.raises(ConfigError, match="context is 128 tokens"):
         completion_chunks(gen, parse_chat_request({**body, "max_tokens": 127}), "tiny")
+
+
+def test_serve_answers_openai_chat_completions_and_frees_an_interrupted_stream(
+    tiny_llama: dict[str, Path], tmp_path: Path
+) -> None:
+    import httpx
+
+    from edgeslm.runtime.app import Limits
+    from edgeslm.runtime.serve import ServeConfig, Server
+
+    classifier = write_tiny_bundle(tmp_path / "clf")
+    config = ServeConfig(port=0, watch_s=0, limits=Limits(max_generations=1))
+    srv = Server([("clf", classifier), ("chat", tiny_llama["int4-4"])], config, log=lambda _: None)
+    body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "temperature": 0}
+    with srv.running() as url, httpx.Client(base_url=url, timeout=30) as client:
+        whole = client.post("/v1/chat/completions", json=body)  # no `model`: the first text-generation bundle
+        assert whole.status_code == 200, whole.text
+        answer = whole.json()
+        assert answer["model"] == "chat" and answer["usage"]["completion_tokens"] <= 6
+        with client.stream("POST", "/v1/chat/completions", json={**body, "model": "chat", "stream": True}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            lines = [line for line in r.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]"
+        chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+        streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        assert streamed == answer["choices"][0]["message"]["content"]  # greedy: the stream says what the answer says
+
+        # A client that goes away mid-stream: its one generation slot (max_generations=1) must come back.
+        with client.stream("POST", "/v1/chat/completions", json={**body, "max_tokens": 100, "stream": True}) as r:
+            next(r.iter_lines())
+        deadline = time.monotonic() + 10
+        while (again := client.post("/v1/chat/completions", json=body)).status_code == 429:
+            assert time.monotonic() < deadline, "the interrupted stream never gave its slot back"
+            time.sleep(0.05)
+        assert again.status_code == 200, again.text
+
+        for bad, status, message in (
+            ({**body, "model": "clf"}, 400, "text-classification bundle"),
+            ({**body, "model": "nope"}, 404, "no model named"),
+            ({**body, "max_tokens": 0}, 422, "greater than or equal to 1"),
+            ({**body, "max_tokens": 500}, 400, "context is 128 tokens"),
+            ({**body, "stream": True, "max_tokens": 500}, 400, "context is 128 tokens"),
+            ({"messages": "hi"}, 422, "messages"),
+            ({**body, "n": 2}, 400, "n = 1"),
+        ):
+            r = client.post("/v1/chat/completions", json=bad)
+            assert r.status_code == status and message in r.json()["error"], (bad, r.text)
+        assert client.post("/v1/chat/completions", json=[1, 2]).status_code == 422  # not a JSON object
+        r = client.post("/models/chat", json={"inputs": "hello"})
+        assert r.status_code == 400 and "/v1/chat/completions" in r.json()["error"]
+        assert client.get("/health").json()["models"]["chat"]["task"] == "text-generation"
+        assert client.post("/", json={"inputs": "fine"}).status_code == 200  # the classifier still answers
+
+
+def test_build_task_generate_writes_a_generative_bundle(tiny_llama: dict[str, Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    built = runner.invoke(app, ["build", "--task", "generate", "--base", str(tiny_llama["gguf"]), "-o", str(tmp_path)])
+    assert built.exit_code == 0, built.output
+    assert Generator(tmp_path / "bundle", threads=1).generate("hello", Sampling(max_new_tokens=3)).new_tokens <= 3
+    for args, message in (
+        (["--task", "generate", "--layers", "2"], "--layers apply to classifiers"),
+        (["--task", "translate"], "--task must be classify or generate"),
+    ):
+        bad = runner.invoke(app, ["build", "-o", str(tmp_path / "x"), *args])
+        assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output

@@ -183,3 +183,45 @@ def test_hot_swap_drops_no_request_and_refuses_a_bad_update(tmp_path: Path) -> N
         assert set(answers[first_pos:]) == {"pos"}  # once a client saw the new model, never the old one again
     assert 'edgeslm_reloads_total{model="live",outcome="swapped"} 1.0' in metrics
     assert 'edgeslm_reloads_total{model="live",outcome="refused"} 1.0' in metrics
+
+
+def test_sighup_reloads_a_real_server_process(tmp_path: Path) -> None:
+    """`edgeslm serve` as its own process, watching off: SIGHUP alone makes it verify and swap the updated bundle."""
+    import signal
+    import subprocess
+    import sys
+
+    live = tmp_path / "live"
+    live.symlink_to(write_tiny_bundle(tmp_path / "slot_a", NEG))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-c", "from edgeslm.cli import main; main()", "serve", f"live={live}", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--watch", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+
+    def label() -> str | None:
+        try:
+            return str(httpx.post(url, json={"inputs": "fine"}, timeout=5).json()[0][0]["label"])
+        except httpx.HTTPError:
+            return None
+
+    def wait_for(want: str) -> None:
+        deadline = time.monotonic() + 60
+        while label() != want:
+            assert proc.poll() is None and time.monotonic() < deadline, f"no `{want}` answer; server exited or hung"
+            time.sleep(0.1)
+
+    try:
+        wait_for("neg")
+        (tmp_path / "next").symlink_to(write_tiny_bundle(tmp_path / "slot_b", POS))
+        (tmp_path / "next").replace(live)
+        time.sleep(0.5)
+        assert label() == "neg"  # --watch 0: nothing changes until the signal
+        proc.send_signal(signal.SIGHUP)
+        wait_for("pos")
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out  # SIGTERM is a clean stop
+    assert "now serves version" in out and out.rstrip().endswith("stopped")

@@ -20,14 +20,17 @@ from conftest import write_tiny_bundle
 from edgeslm.runtime.app import Limits
 from edgeslm.runtime.serve import ServeConfig, Server
 
-EXAMPLES = 25  # per operation and mode: 5 positive + 3 negative operations x 25, about 10 s here
+EXAMPLES = 25  # per operation and mode: 6 positive + 4 negative operations x 25, about 15 s here
 
 
 @pytest.fixture(scope="module")
-def api(tiny_embedding_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Server]]:
+def api(
+    tiny_embedding_bundle: Path, tiny_llama: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Any, Server]]:
     classifier = write_tiny_bundle(tmp_path_factory.mktemp("fuzz") / "bundle")
     config = ServeConfig(port=0, watch_s=0, limits=Limits(max_texts=16, max_text_chars=2_000, max_body_bytes=100_000))
-    server = Server([("clf", classifier), ("emb", tiny_embedding_bundle)], config, log=lambda _: None)
+    bundles = [("clf", classifier), ("emb", tiny_embedding_bundle), ("chat", tiny_llama["int4-4"])]
+    server = Server(bundles, config, log=lambda _: None)
     with server.running() as url:
         yield schemathesis.openapi.from_url(f"{url}/openapi.json"), server
 
@@ -36,7 +39,7 @@ def api(tiny_embedding_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_no_input_makes_the_server_fail(api: tuple[Any, Server], mode: GenerationMode) -> None:
     schema, server = api
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 5
+    assert len(operations) == 6
     checks = [not_a_server_error, status_code_conformance]
     if mode is GenerationMode.POSITIVE:
         checks.append(response_schema_conformance)

@@ -161,6 +161,14 @@ def build(
     storage: Annotated[
         str | None, typer.Option("--storage", help="Optuna storage URL shared by search workers [default: a file].")
     ] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="classify: a classifier from labelled data; generate: a text-generation bundle from a GGUF model "
+            "(--base FILE.gguf, default SmolLM2-135M-Instruct; more options in `edgeslm generate-build`).",
+        ),
+    ] = "classify",
     force: ForceOpt = False,
 ) -> None:
     """Fine-tune a teacher, distill a student, export, quantize, bundle, and measure them side by side.
@@ -173,6 +181,11 @@ def build(
     """
     from .pipeline import build as run_build
 
+    if task == "generate":
+        _build_generate(out, base, force, data=data, recipe=recipe, device=device, layers=layers)
+        return
+    if task != "classify":
+        raise ConfigError(f"--task must be classify or generate, got {task!r}")
     r = _recipe(
         recipe,
         data,
@@ -209,6 +222,19 @@ def build(
         f"of its accuracy"
     )
     console.print(f"wrote {result.bundle}, {out / 'report.json'}, {out / 'report.html'}")
+
+
+def _build_generate(out: Path, gguf: str | None, force: bool, **unused: object) -> None:
+    """`build --task generate`: OUT/bundle from a GGUF, INT4 (the file's own 4-bit blocks), as generate-build does."""
+    given = [f"--{name}" for name, value in unused.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to classifiers; --task generate takes --base FILE.gguf only")
+    from .generate.build import GenerateConfig, build_generate
+
+    bundle = out / "bundle"
+    manifest = build_generate(bundle, GenerateConfig(gguf=gguf), force=force)
+    size = sum(f.size for f in manifest.files.values()) / 1e6
+    console.print(f'wrote {bundle} (int4, {size:.1f} MB); try: edgeslm generate {bundle} "Hello"')
 
 
 @app.command()

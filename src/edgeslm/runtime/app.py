@@ -3,6 +3,7 @@
     POST /                  Hugging Face inference shape, first bundle: {"inputs": str | [str], "parameters": {...}}
     POST /models/{name}     the same, for the bundle served as `name`
     POST /v1/embeddings     OpenAI shape: {"input": str | [str], "model": name}
+    POST /v1/chat/completions  OpenAI shape, for text-generation bundles; "stream": true answers server-sent events
     GET  /health            served bundles, their versions and execution providers
     GET  /metrics           Prometheus text
     GET  /openapi.json      this API, generated from the request models (limits included)
@@ -12,19 +13,25 @@ so concurrent requests use every core. Every error is JSON ``{"error": "..."}`` 
 """
 
 # No `from __future__ import annotations`: FastAPI must see the request models built inside create_app.
+import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from ..bundle import RUNTIME_VERSION
 from ..errors import ConfigError
+from .chat import completion, completion_chunks, parse_chat_request
+from .generate import Generator
 from .metrics import Metrics
 from .middleware import BodyLimit, RequestMetrics
+from .predictor import Predictor
 from .registry import Loaded, ModelRegistry
 from .routing import Router
 from .telemetry import Telemetry
@@ -39,9 +46,10 @@ class Limits:
     max_body_bytes: int = 1_000_000  # 1 MB: 64 texts of 2,000 characters with room for JSON escapes
     max_texts: int = 64  # texts per request; one session run (Predictor.CHUNK) answers them all
     max_text_chars: int = 10_000  # characters per text; max_length tokens are far fewer, the rest is cut anyway
+    max_generations: int = 2  # chats generating at once per bundle (each holds a KV cache); more get 429
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_texts", "max_text_chars"):
+        for name in ("max_body_bytes", "max_texts", "max_text_chars", "max_generations"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)}")
 
@@ -90,6 +98,25 @@ def _request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
     return InferenceRequest, EmbeddingsRequest
 
 
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat request, for the OpenAPI document; ``chat.parse_chat_request`` checks the rest (n, stop...)."""
+
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send options this server has no use for
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = Field(default=None, description="A served text-generation bundle; the first if absent.")
+    max_tokens: int | None = Field(default=None, ge=1, description="New tokens at most [default: 128].")
+    temperature: float | None = Field(default=None, ge=0, le=2, description="0 = greedy [default: 1].")
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = Field(default=False, description="Answer server-sent events, one chunk per text piece.")
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -127,6 +154,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _events(lines: Iterator[str], done: Callable[[], None]) -> AsyncIterator[str]:
+    """Each SSE line computed in the thread pool (decoding must not block the event loop). When the client goes
+    away, the response task is cancelled here, and ``finally`` closes the generator: decoding stops and its KV cache
+    and generation slot are freed at once, not when the garbage collector gets to them."""
+    try:
+        while (line := await run_in_threadpool(next, lines, None)) is not None:
+            yield line
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
+        done()
+
+
 def create_app(
     registry: ModelRegistry,
     limits: Limits | None = None,
@@ -153,6 +194,8 @@ def create_app(
         return _error(422, _validation_message(exc))
 
     def answer(loaded: Loaded, body: Any, endpoint: str) -> Response:
+        if isinstance(loaded.predictor, Generator):
+            return _error(400, f"model `{loaded.name}` is a text-generation bundle; use POST /v1/chat/completions")
         start = time.perf_counter()
         single = isinstance(body.inputs, str)
         texts: list[str] = [body.inputs] if single else list(body.inputs)
@@ -187,6 +230,16 @@ def create_app(
             return _error(404, f"no model named `{name[:100]}` is served here; served: {', '.join(registry.names())}")
         return loaded
 
+    def pick(name: str | None, task: str, endpoint: str) -> Loaded | JSONResponse:
+        """The bundle named ``name``, or the first one of ``task``; an error answer when there is none."""
+        if name is None:
+            first = next((m for m in registry.all() if m.task == task), None)
+            return first or _error(400, f"no {task} bundle is served; start the server with one for {endpoint}")
+        loaded = lookup(name)
+        if isinstance(loaded, Loaded) and loaded.task != task:
+            return _error(400, f"model `{loaded.name}` is a {loaded.task} bundle; {endpoint} needs a {task} one")
+        return loaded
+
     @app.post("/", responses=_ERRORS, summary="Run the first served bundle (Hugging Face inference shape)")
     def infer_default(body: InferenceRequest) -> Response:  # type: ignore[valid-type]
         return answer(registry.default, body, "/")
@@ -199,26 +252,55 @@ def create_app(
     @app.post("/v1/embeddings", responses=_ERRORS, response_model=EmbeddingsResponse, summary="OpenAI embeddings")
     def embeddings(request: EmbeddingsRequest) -> Response:  # type: ignore[valid-type]
         body: Any = request
-        if body.model is None:
-            loaded = next((m for m in registry.all() if m.task == "embedding"), None)
-            if loaded is None:
-                return _error(400, "no embedding bundle is served; start the server with one (task `embedding`)")
-        else:
-            found = lookup(body.model)
-            if isinstance(found, JSONResponse):
-                return found
-            loaded = found
-        if loaded.task != "embedding":
-            return _error(
-                400, f"model `{loaded.name}` is a {loaded.task} bundle; /v1/embeddings needs an embedding one"
-            )
+        loaded = pick(body.model, "embedding", "/v1/embeddings")
+        if isinstance(loaded, JSONResponse):
+            return loaded
+        predictor = loaded.predictor
+        assert isinstance(predictor, Predictor)  # pick checked the task
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        vectors = loaded.predictor.embed(texts)
-        tokens = sum(loaded.predictor.token_counts(texts))
+        vectors = predictor.embed(texts)
+        tokens = sum(predictor.token_counts(texts))
         metrics.texts.labels(loaded.name).inc(len(texts))
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors.tolist())]
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return JSONResponse({"object": "list", "data": data, "model": loaded.name, "usage": usage})
+
+    slots: dict[str, threading.BoundedSemaphore] = {}  # per bundle name: a swap keeps the count
+
+    @app.post("/v1/chat/completions", responses=_ERRORS | {429: _ERRORS[400] | {"description": "Too many chats"}})
+    def chat(chat_request: ChatCompletionRequest) -> Response:
+        """OpenAI chat completions from a text-generation bundle; ``"stream": true`` answers server-sent events."""
+        body = chat_request.model_dump(exclude_none=True)
+        loaded = pick(chat_request.model, "text-generation", "chat")
+        if isinstance(loaded, JSONResponse):
+            return loaded
+        generator = loaded.predictor
+        assert isinstance(generator, Generator)  # pick checked the task
+        try:
+            request = parse_chat_request(body)
+        except ConfigError as e:
+            return _error(400, str(e))
+        slot = slots.setdefault(loaded.name, threading.BoundedSemaphore(limits.max_generations))
+        if not slot.acquire(blocking=False):
+            message = f"{limits.max_generations} chats are generating on `{loaded.name}`; retry in a moment"
+            return JSONResponse({"error": message}, status_code=429, headers={"Retry-After": "1"})
+        metrics.texts.labels(loaded.name).inc()
+        headers = {"X-Edgeslm-Model-Version": loaded.version}
+        if not request.stream:
+            try:
+                return JSONResponse(completion(generator, request, loaded.name), headers=headers)
+            except ConfigError as e:  # e.g. the prompt and max_tokens do not fit the context
+                return _error(400, str(e))
+            finally:
+                slot.release()
+        try:
+            lines = completion_chunks(generator, request, loaded.name)  # checks the context before the first line
+        except BaseException as e:
+            slot.release()
+            if isinstance(e, ConfigError):
+                return _error(400, str(e))
+            raise
+        return StreamingResponse(_events(lines, slot.release), media_type="text/event-stream", headers=headers)
 
     @app.get("/health", summary="Served bundles, versions and execution providers")
     def health() -> dict[str, Any]:
@@ -245,7 +327,7 @@ def _describe(m: Loaded) -> dict[str, Any]:
         "task": m.task,
         "version": m.version,
         "path": str(m.path),
-        "labels": list(m.predictor.labels),
+        "labels": [] if isinstance(m.predictor, Generator) else list(m.predictor.labels),
         "max_length": m.predictor.manifest.max_length,
         "loaded_at": m.loaded_at,
         "provider": ex.provider,

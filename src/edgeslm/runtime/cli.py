@@ -105,7 +105,8 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="With --fallback: seconds before the device answers.")
         ] = 2.0,
     ) -> None:
-        """Serve bundles over HTTP with the cloud's API shapes (Hugging Face inference, OpenAI embeddings)."""
+        """Serve bundles over HTTP with the cloud's API shapes (Hugging Face inference; OpenAI embeddings and chat
+        completions, streamed with "stream": true, for text-generation bundles)."""
         from .app import Limits
         from .registry import parse_bundle_arg
         from .routing import RoutingConfig
@@ -122,9 +123,13 @@ def register(app: typer.Typer) -> None:
             telemetry=telemetry,
             routing=RoutingConfig(url=fallback, threshold=threshold, timeout_s=fallback_timeout) if fallback else None,
         )
-        Server(
+        server = Server(
             [parse_bundle_arg(b) for b in bundles], config, log=lambda line: console.print(line, highlight=False)
-        ).run()
+        )
+        try:
+            server.run()
+        except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C or SIGTERM it stopped on: for a server, a clean stop
+            console.print("stopped")
 
     @app.command()
     @_friendly

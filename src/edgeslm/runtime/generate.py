@@ -128,6 +128,10 @@ class Generator:
         self._outputs = ["logits"] + [f"present.{i}.{kv}" for i in range(self._layers) for kv in ("key", "value")]
 
     @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
     def context(self) -> int:
         """Tokens of prompt plus output the bundle serves."""
         return self.manifest.max_length

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 __all__ = ["Metrics", "route_label"]
 
-_ROUTES = ("/", "/health", "/metrics", "/v1/embeddings", "/openapi.json", "/docs", "/redoc")
+_ROUTES = ("/", "/health", "/metrics", "/v1/embeddings", "/v1/chat/completions", "/openapi.json", "/docs", "/redoc")
 # Buckets from 0.5 ms to 5 s: a batch-1 INT8 call here takes 1-20 ms, a cloud fallback 50 ms to seconds.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
-from ..bundle import Manifest, read_manifest, verify_bundle
+from ..bundle import Manifest
 from ..errors import BundleError, ConfigError, MissingExtraError
 from .providers import Execution, build_session
+from .verified_file import verify_streaming
 
 try:
     import numpy as np
@@ -27,13 +28,14 @@ __all__ = ["Prediction", "Predictor", "encode", "load_tokenizer", "model_bytes"]
 MAX_MODEL_BYTES = 1 << 30  # a compressed model file may not unpack to more (a decompression bomb stops here)
 
 
-def model_bytes(manifest: Manifest, blobs: dict[str, bytes]) -> bytes:
-    """The bundle's ONNX graph; a ``.xz`` model file (a weight-clustered bundle, entropy-coded) is decoded here.
+def model_bytes(manifest: Manifest, blobs: dict[str, bytes] | bytes) -> bytes:
+    """The bundle's ONNX graph (from the verified files, or the model file's bytes); a ``.xz`` model file (a
+    weight-clustered bundle, entropy-coded) is decoded here.
 
     xz because it is in Python's standard library (no new dependency on the device) and codes the few distinct
     byte values of a clustered INT8 matrix close to their entropy; the blob was hash-checked before this.
     """
-    blob = blobs[manifest.model]
+    blob = blobs if isinstance(blobs, bytes) else blobs[manifest.model]
     if not manifest.model.endswith(".xz"):
         return blob
     try:
@@ -43,6 +45,14 @@ def model_bytes(manifest: Manifest, blobs: dict[str, bytes]) -> bytes:
     if len(out) > MAX_MODEL_BYTES:
         raise BundleError(f"bundle model `{manifest.model}` unpacks to more than {MAX_MODEL_BYTES} bytes; refused")
     return out
+
+
+def _not_generative(manifest: Manifest) -> None:
+    if manifest.task == "text-generation":
+        raise BundleError(
+            "this is a text-generation bundle; Predictor runs classifiers and embedders: "
+            "use `edgeslm generate` (edgeslm.runtime.generate.Generator)"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,23 +128,23 @@ class Predictor:
         trusted_keys: Sequence[bytes] | None = None,
         providers: Sequence[str] | None = None,
     ) -> None:
-        if read_manifest(Path(bundle), trusted_keys).task == "text-generation":  # before hashing 100+ MB
-            raise BundleError(
-                f"bundle `{bundle}` is a text-generation bundle; Predictor runs classifiers and embedders: "
-                "use `edgeslm generate` (edgeslm.runtime.generate.Generator)"
-            )
-        manifest, blobs = verify_bundle(Path(bundle), trusted_keys)
+        manifest, blobs, model = verify_streaming(Path(bundle), trusted_keys, accept=_not_generative)
         self.manifest: Manifest = manifest
         self.labels = manifest.labels
         self.task = manifest.task
         try:
             self._tokenizer = load_tokenizer(blobs[manifest.tokenizer].decode("utf-8"), manifest.max_length)
         except Exception as e:  # tokenizers raises plain Exception on bad JSON
+            model.close()
             raise BundleError(f"bundle tokenizer `{manifest.tokenizer}` does not load ({e}); rebuild the bundle") from e
         try:
-            session, execution = build_session(model_bytes(manifest, blobs), session_options(threads), providers)
+            # From the hashed open file, not from bytes: onnxruntime keeps its own copy of the bytes it is given.
+            source = model.source if not manifest.model.endswith(".xz") else model_bytes(manifest, model.read())
+            session, execution = build_session(source, session_options(threads), providers)
         except BundleError as e:
             raise BundleError(f"bundle model `{manifest.model}`: {e}") from e
+        finally:
+            model.close()
         self._session = session
         self.execution: Execution = execution  # the provider it runs on, and why faster ones were skipped
         self._inputs = [i.name for i in self._session.get_inputs()]

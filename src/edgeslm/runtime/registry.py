@@ -15,9 +15,12 @@ from pathlib import Path
 
 from ..bundle import MANIFEST
 from ..errors import EdgeSLMError, ServeError
+from .generate import Generator
 from .predictor import Predictor
 
-__all__ = ["Loaded", "ModelRegistry", "parse_bundle_arg"]
+__all__ = ["Loaded", "Model", "ModelRegistry", "parse_bundle_arg"]
+
+Model = Predictor | Generator  # a classifier or embedding bundle, or a text-generation one
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class Loaded:
 
     name: str
     path: Path
-    predictor: Predictor
+    predictor: Model
     version: str  # first 12 hex digits of the model file's sha256: changes whenever the model does
     loaded_at: float  # unix time
     stamp: tuple[int, int]  # (inode, mtime_ns) of manifest.json when loaded; `watch` compares it
@@ -57,7 +60,7 @@ def parse_bundle_arg(arg: str) -> tuple[str, Path]:
 class ModelRegistry:
     """Name -> Loaded. ``load`` fails loudly (startup); ``reload`` keeps the old model on any failure."""
 
-    def __init__(self, loader: Callable[[Path], Predictor]) -> None:
+    def __init__(self, loader: Callable[[Path], Model]) -> None:
         self._loader = loader
         self._models: dict[str, Loaded] = {}
         self._lock = threading.Lock()  # one swap at a time; readers never take it

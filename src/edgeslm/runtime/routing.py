@@ -13,12 +13,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .predictor import Prediction, Predictor
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["Router", "RoutingConfig"]
 
@@ -47,6 +48,9 @@ class Router:
     """Decide per text, ask the cloud once per request for all the texts it should see, merge the answers."""
 
     def __init__(self, config: RoutingConfig) -> None:
+        import httpx  # here, not at the top: a server without --fallback never loads it (about 10 MB of RSS)
+
+        self._http_error = httpx.HTTPError
         self.config = config
         token = os.environ.get(config.token_env)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -85,7 +89,7 @@ class Router:
             response = self._client.post(self.config.url, json={"inputs": texts})
             response.raise_for_status()
             answers = _parse(response.json(), len(texts))
-        except (httpx.HTTPError, ValueError):
+        except (self._http_error, ValueError):
             with self._lock:
                 self._down_until = time.monotonic() + self.config.cooldown_s
             return None

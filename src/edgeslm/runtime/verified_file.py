@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,10 +31,14 @@ class VerifiedModel:
 
     @property
     def source(self) -> str | bytes:
+        """A path onnxruntime can open (``/proc/self/fd/N``), else the file's bytes."""
         fd = self._handle.fileno()
         for pattern in ("/proc/self/fd/{}", "/dev/fd/{}"):
             if os.path.exists(pattern.format(fd)):
                 return pattern.format(fd)
+        return self.read()
+
+    def read(self) -> bytes:
         self._handle.seek(0)
         return self._handle.read()
 
@@ -52,11 +56,17 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def verify_streaming(
-    path: Path, trusted_keys: Sequence[bytes] | None = None
+    path: Path, trusted_keys: Sequence[bytes] | None = None, *, accept: Callable[[Manifest], None] | None = None
 ) -> tuple[Manifest, dict[str, bytes], VerifiedModel]:
-    """Like ``bundle.verify_bundle`` (same checks, same errors), but the model comes back as an open, hashed file."""
+    """Like ``bundle.verify_bundle`` (same checks, same errors), but the model comes back as an open, hashed file.
+
+    ``accept`` sees the (signature-checked) manifest before any file is hashed, so a caller refuses a bundle it
+    cannot run (say, a 100 MB text-generation bundle handed to a classifier) without reading it.
+    """
     path = Path(path)
     manifest = read_manifest(path, trusted_keys)
+    if accept is not None:
+        accept(manifest)
     blobs: dict[str, bytes] = {}
     for name, file_entry in manifest.files.items():
         if name != manifest.model:
