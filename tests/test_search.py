@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -114,3 +115,13 @@ def test_choose_always_answers() -> None:
 def test_search_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["build", "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 1 and message in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_search_can_weigh_clustering(root: Path, tiny_base: Path, tiny_data: edgeslm.DataConfig) -> None:
+    recipe = _recipe(tiny_base, tiny_data, 1)
+    only_clustered = dataclasses.replace(recipe.search, layers=(1,), trim=(False,), cluster=(True,))
+    found = search(dataclasses.replace(recipe, search=only_clustered), root / "c", "host")
+    assert found.report["chosen"]["cluster"] is True
+    assert (found.bundle / "model.onnx.xz").is_file()  # the clustered trial is what shipped, entropy-coded
+    with pytest.raises(edgeslm.ConfigError, match="`cluster` must list at least one"):
+        SearchConfig(cluster=())

@@ -36,13 +36,19 @@ class SearchResult:
     report: dict[str, Any]
 
 
-def _trial_recipe(recipe: Recipe, layers: int, method: str, trim: bool) -> Recipe:
+def _trial_recipe(recipe: Recipe, layers: int, method: str, trim: bool, cluster: bool = False) -> Recipe:
     return dataclasses.replace(
         recipe,
         distill=dataclasses.replace(recipe.distill, num_layers=layers, layers=None),
         trim=dataclasses.replace(recipe.trim, enabled=trim),
+        cluster=dataclasses.replace(recipe.cluster, enabled=cluster),
         quantize=QUANTIZE_METHODS[method](),
     )
+
+
+def _params(trial: Any) -> dict[str, Any]:
+    """A trial's recipe choices; a trial stored before clustering was a choice ran without it."""
+    return {"cluster": False, **trial.params}
 
 
 def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,7 +116,9 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
     teacher_metrics = steps.measure(teacher, recipe.eval)
     cache.mkdir(parents=True, exist_ok=True)
     storage = config.storage or f"sqlite:///{(cache / 'search.db').resolve()}"
-    study_name = f"edgeslm-{_key(k_teacher, recipe.distill, recipe.trim, recipe.export, recipe.eval, device)}"
+    # One study per search space: trials from another space (say, without clustering) must not answer this one.
+    searched = (config.layers, config.quantize, config.trim, config.cluster, recipe.cluster)
+    study_name = f"edgeslm-{_key(k_teacher, recipe.distill, recipe.trim, recipe.export, recipe.eval, device, searched)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(optuna, study_name, storage)
 
@@ -122,10 +130,12 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         layers = trial.suggest_categorical("layers", list(config.layers))
         method = trial.suggest_categorical("quantize", list(config.quantize))
         trim = trial.suggest_categorical("trim", list(config.trim))
-        if any(t.params == trial.params for t in study.get_trials(deepcopy=False, states=complete)):
+        clustered = trial.suggest_categorical("cluster", list(config.cluster))
+        if any(_params(t) == trial.params for t in study.get_trials(deepcopy=False, states=complete)):
             raise optuna.TrialPruned("the same recipe was already measured")
-        r = _trial_recipe(recipe, layers, method, trim)
-        say(f"trial {trial.number}: {layers} layer(s), {method}, trim {'on' if trim else 'off'}")
+        r = _trial_recipe(recipe, layers, method, trim, clustered)
+        on_off = {True: "on", False: "off"}
+        say(f"trial {trial.number}: {layers} layer(s), {method}, trim {on_off[trim]}, cluster {on_off[clustered]}")
         parts = steps.student(teacher, k_teacher, r)
         bundle, _ = steps.step(
             "bundle",
@@ -141,7 +151,7 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         trial.set_user_attr("parameters", metrics["parameters"])
         return metrics["accuracy"], metrics["p50_ms"], metrics["size_mb"]
 
-    space = len(config.layers) * len(config.quantize) * len(config.trim)
+    space = len(config.layers) * len(config.quantize) * len(config.trim) * len(config.cluster)
     target = min(config.trials, space)  # never more distinct recipes than the space holds
     done = len(study.get_trials(deepcopy=False, states=complete))
     if done < target:
@@ -153,7 +163,7 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
     rows = [
         {
             "trial": t.number,
-            **t.params,
+            **_params(t),
             "accuracy": t.values[0],
             "p50_ms": t.values[1],
             "size_mb": t.values[2],
@@ -177,12 +187,12 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         "pareto": _pareto(rows),
         "chosen": best,
         "verdict": verdict,
-        "precision": precision(_trial_recipe(recipe, best["layers"], best["quantize"], best["trim"])),
+        "precision": precision(_trial_recipe(recipe, best["layers"], best["quantize"], best["trim"], best["cluster"])),
     }
     with atomic_dir(out, force=force) as tmp:
         shutil.copytree(source, tmp / "bundle")
         final = dataclasses.replace(manifest, metrics={k: v for k, v in chosen_metrics.items() if k != "predictions"})
         write_json(tmp / "bundle" / MANIFEST, final.to_dict())
         write_json(tmp / "search.json", report)
-    say(json.dumps({k: best[k] for k in ("layers", "quantize", "trim", "accuracy", "p50_ms", "size_mb")}))
+    say(json.dumps({k: best[k] for k in ("layers", "quantize", "trim", "cluster", "accuracy", "p50_ms", "size_mb")}))
     return SearchResult(out, out / "bundle", report)
