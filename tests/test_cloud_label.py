@@ -15,7 +15,7 @@ from edgeslm.cli import app
 from edgeslm.cloud.label import LabelConfig, label_texts, read_unlabeled
 from edgeslm.cloud.proxy import blackhole, refused_port
 from edgeslm.cloud.server import StandIn, load_model
-from edgeslm.errors import ConfigError, DataError
+from edgeslm.errors import CloudError, ConfigError, DataError
 
 OK = (200, "application/json", b'[[{"label": "pos", "score": 0.8}, {"label": "neg", "score": 0.2}]]')
 FAST = {"rate_per_s": 1000.0, "backoff_s": 0.01, "timeout_s": 2.0}  # keep the tests quick
@@ -116,7 +116,7 @@ def test_retries_with_backoff_count_against_the_budget(texts: list[str], tmp_pat
     assert (r.labelled, r.requests, r.retries) == (2, 4, 2) and cloud.requests == 4
     with Scripted([(503, "application/json", b"{}")]) as cloud:
         cfg = LabelConfig(budget=50, retries=2, **FAST)
-        with pytest.raises(ConfigError, match="HTTP 503 \\(after 3 attempts\\)"):
+        with pytest.raises(CloudError, match="HTTP 503 \\(after 3 attempts\\)"):
             label_texts(cloud.url, texts, tmp_path / "p.jsonl", tmp_path / "c2", cfg)
         assert cloud.requests == 3 and not (tmp_path / "p.jsonl").exists()
 
@@ -124,10 +124,10 @@ def test_retries_with_backoff_count_against_the_budget(texts: list[str], tmp_pat
 @pytest.mark.parametrize(
     ("answer", "error", "message"),
     [
-        ((200, "text/html", b"<!DOCTYPE html><html>Sign in</html>"), DataError, "HTML page"),
-        ((200, "application/json", b'[{"label": "pos", "sc'), DataError, "not valid JSON"),
-        ((200, "application/json", b'{"embedding": [0.1]}'), DataError, "not text-classification shaped"),
-        ((401, "application/json", b'{"error": "invalid token"}'), ConfigError, "HTTP 401: invalid token"),
+        ((200, "text/html", b"<!DOCTYPE html><html>Sign in</html>"), CloudError, "HTML page"),
+        ((200, "application/json", b'[{"label": "pos", "sc'), CloudError, "not valid JSON"),
+        ((200, "application/json", b'{"embedding": [0.1]}'), CloudError, "not text-classification shaped"),
+        ((401, "application/json", b'{"error": "invalid token"}'), CloudError, "HTTP 401: invalid token"),
     ],
 )
 def test_bad_answers_stop_at_once(
@@ -141,28 +141,28 @@ def test_bad_answers_stop_at_once(
 
 
 def test_label_set_checks(teacher_url: str, texts: list[str], tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="different label sets"):
+    with pytest.raises(CloudError, match="different label sets"):
         label_texts(
             teacher_url, texts, tmp_path / "o.jsonl", tmp_path / "c",
             LabelConfig(budget=9, labels=("negative", "positive"), **FAST),
         )  # fmt: skip
     other = (200, "application/json", b'[[{"label": "joy", "score": 0.9}, {"label": "anger", "score": 0.1}]]')
-    with Scripted([OK, other]) as cloud, pytest.raises(DataError, match="answered with label set"):
+    with Scripted([OK, other]) as cloud, pytest.raises(CloudError, match="answered with label set"):
         label_texts(cloud.url, texts, tmp_path / "p.jsonl", tmp_path / "c2", LabelConfig(budget=9, **FAST))
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "p.jsonl").exists()
 
 
 def test_task_mismatch_refused_and_timeout(texts: list[str], tmp_path: Path) -> None:
     with Scripted([OK], info={"task": "feature-extraction", "labels": []}) as cloud:
-        with pytest.raises(ConfigError, match="task mismatch"):
+        with pytest.raises(CloudError, match="task mismatch"):
             label_texts(cloud.url, texts, tmp_path / "o.jsonl", tmp_path / "c", LabelConfig(budget=9, **FAST))
         assert cloud.requests == 0
     down = f"http://127.0.0.1:{refused_port()}/m"
-    with pytest.raises(ConfigError, match="refused the connection.*after 2 attempts"):
+    with pytest.raises(CloudError, match="refused the connection.*after 2 attempts"):
         label_texts(down, texts, tmp_path / "o.jsonl", tmp_path / "c", LabelConfig(budget=9, retries=1, **FAST))
     with blackhole() as port:
         cfg = LabelConfig(budget=9, retries=1, **{**FAST, "timeout_s": 0.3})
-        with pytest.raises(ConfigError, match="did not answer within 0.3 s"):
+        with pytest.raises(CloudError, match="did not answer within 0.3 s"):
             label_texts(f"http://127.0.0.1:{port}/m", texts, tmp_path / "o.jsonl", tmp_path / "c", cfg)
     assert not (tmp_path / "o.jsonl").exists()
 

@@ -17,7 +17,7 @@ from edgeslm.cloud.compare import CompareConfig, compare
 from edgeslm.cloud.report import write_compare_report
 from edgeslm.cloud.server import StandIn, load_model
 from edgeslm.cloud.tls import self_signed
-from edgeslm.errors import ConfigError, DataError
+from edgeslm.errors import CloudError, ConfigError, DataError
 from edgeslm.recipe import DataConfig
 
 
@@ -104,14 +104,14 @@ def test_refuses_task_mismatch_label_mismatch_and_bad_profiles(
     with pytest.raises(DataError, match="labels"):
         compare(other, url, tiny_data, small, cafile=cert)
     # A cloud serving other labels: the answers are checked before anything is measured.
-    with StandIn(load_model(other)) as server, pytest.raises(DataError, match="different label sets"):
+    with StandIn(load_model(other)) as server, pytest.raises(CloudError, match="different label sets"):
         compare(cloud_build / "bundle", server.url + "/models/x", tiny_data, small)
     # A cloud whose model does another task.
     from edgeslm.cloud import server as srv
 
     model = load_model(other)
     model.task = "feature-extraction"  # type: ignore[misc]
-    with StandIn(model) as s2, pytest.raises(ConfigError, match="task mismatch"):
+    with StandIn(model) as s2, pytest.raises(CloudError, match="task mismatch"):
         compare(cloud_build / "bundle", s2.url + "/models/x", tiny_data, small)
     assert srv.MAX_INPUTS == 64
 

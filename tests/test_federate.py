@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +61,6 @@ def run(learn_build: Path, tiny_data: DataConfig, tmp_path_factory: pytest.TempP
     """6 clients on a non-IID split, all sampled, 2 rounds, trimmed mean; clients 1, 3, 5 send NaN (round 1) or
     misshapen (round 2) arrays, client 0 flips its labels and boosts its update."""
     out = tmp_path_factory.mktemp("fed") / "out"
-    home = os.environ.get("FLWR_HOME")
-    os.environ["FLWR_HOME"] = str(out.parent / "flwr-home")  # Flower's state stays in the test's folder
     config = FederateConfig(
         data=tiny_data,
         clients=6,
@@ -76,13 +73,9 @@ def run(learn_build: Path, tiny_data: DataConfig, tmp_path_factory: pytest.TempP
         poisoned=0.17,
         eval_rows=50,
     )
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FLWR_HOME", str(out.parent / "flwr-home"))  # Flower's state stays in the test's folder
         federate(learn_build, out, config)
-    finally:
-        if home is None:
-            os.environ.pop("FLWR_HOME", None)
-        else:
-            os.environ["FLWR_HOME"] = home
     return out
 
 

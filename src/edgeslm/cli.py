@@ -169,6 +169,24 @@ def build(
             "(--base FILE.gguf, default SmolLM2-135M-Instruct; more options in `edgeslm generate-build`).",
         ),
     ] = "classify",
+    teacher_url: Annotated[
+        str | None,
+        typer.Option(
+            "--teacher-url",
+            help="A cloud text-classification URL as a black-box teacher: it labels --unlabeled (cached, within "
+            "--budget) and the student learns from its scores.",
+        ),
+    ] = None,
+    unlabeled: Annotated[
+        Path | None, typer.Option("--unlabeled", help="Unlabelled texts (.txt, .jsonl, .csv) for --teacher-url.")
+    ] = None,
+    budget: Annotated[
+        int | None, typer.Option("--budget", help="Most cloud requests for --teacher-url, retries included.")
+    ] = None,
+    rate: Annotated[float, typer.Option("--rate", help="Cloud requests per second at most (--teacher-url).")] = 5.0,
+    cacert: Annotated[
+        Path | None, typer.Option("--cacert", help="PEM certificate to trust for an https --teacher-url.")
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Fine-tune a teacher, distill a student, export, quantize, bundle, and measure them side by side.
@@ -203,6 +221,13 @@ def build(
             "search.storage": storage,
         },
     )
+    if teacher_url or unlabeled:
+        from .cloud.teacher import cloud_teacher
+
+        r = cloud_teacher(
+            r, teacher_url, unlabeled, budget, out, force=force, rate=rate, data=data, text_column=text_column,
+            cafile=cacert, log=console.print,
+        )  # fmt: skip
     if max_accuracy_drop is not None or trials is not None or storage is not None:
         from .search import search
 

@@ -8,6 +8,7 @@
     │   └── SignatureError  a bundle's manifest.sig is missing or does not verify against the trusted keys
     ├── UpdateError         an over-the-air update was refused or failed (the old model keeps serving)
     ├── ServeError          the local server cannot start (bad bundle, port in use, bad limits)
+    ├── CloudError          a cloud endpoint failed: refused, timed out, HTTP error, or an answer of the wrong shape
     └── MissingExtraError   an optional dependency is not installed (the message names the pip install)
 
 Every message says what happened, why, and how to fix it. Foreign exceptions are wrapped with ``raise ... from e``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "BundleError",
+    "CloudError",
     "ConfigError",
     "DataError",
     "EdgeSLMError",
@@ -58,6 +60,10 @@ class UpdateError(EdgeSLMError):
 
 class ServeError(EdgeSLMError):
     """The local inference server cannot start."""
+
+
+class CloudError(EdgeSLMError):
+    """A cloud endpoint refused, timed out, failed, or answered in a shape or label set edgeslm cannot use."""
 
 
 class MissingExtraError(EdgeSLMError, ImportError):

@@ -102,7 +102,10 @@ class Steps:
         from .compress.distill import distill
 
         rc = recipe or self.recipe
-        return self.step("distill", _key("distill", k_teacher, rc.distill), lambda o: distill(teacher, o, rc.distill))
+        key = _key("distill", k_teacher, rc.distill)
+        if rc.distill.soft_targets != "teacher":  # not in the config's repr, so existing keys stay as they were
+            key = _key(key, rc.distill.soft_targets)
+        return self.step("distill", key, lambda o: distill(teacher, o, rc.distill))
 
     def student(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> dict[str, Path]:
         """Distill (and trim), export and quantize a student; returns the folders of each stage."""
@@ -230,11 +233,14 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
                 "trim_check": (manifest.extra.get("trim") or {}).get("check"),
                 "training": {"teacher": _train_stats(teacher), "student": _train_stats(student["student"])},
                 "step_seconds": steps.seconds,
-                "artifacts": {
-                    "teacher": str(teacher),
-                    "teacher_onnx": str(teacher_onnx),
-                    "teacher_int8": str(teacher_int8),
-                    **{k: str(v) for k, v in student.items()},
+                "artifacts": {  # absolute: later commands (personalize, federate) run from any folder
+                    k: str(Path(v).resolve())
+                    for k, v in {
+                        "teacher": teacher,
+                        "teacher_onnx": teacher_onnx,
+                        "teacher_int8": teacher_int8,
+                        **student,
+                    }.items()
                 },
                 "edgeslm_version": __version__,
             }

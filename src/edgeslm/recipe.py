@@ -93,6 +93,9 @@ class FinetuneConfig:
         _check(0 <= self.warmup < 1, f"`warmup` must be in [0, 1), got {self.warmup!r}")
 
 
+SOFT_TARGETS = ("teacher", "scores")
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """A shallower student initialised from the teacher's layers, trained on soft + hard labels."""
@@ -116,8 +119,16 @@ class DistillConfig:
     importance_rows: int = 2048  # train rows that rank heads and neurons for `heads` / `ffn`
     freeze_embeddings: bool = False  # keep the teacher's word-embedding table: AdamW skips most of a student's weights
     seed: int = 0
+    # Where the soft labels come from: "teacher" (the teacher checkpoint's logits) or "scores" (the data file's
+    # `scores` column: a black-box cloud teacher's answers, from `edgeslm label` or `build --teacher-url`).
+    # Out of the repr, which the build cache keys hash, so every cached step keeps its key (pipeline adds it).
+    soft_targets: str = field(default="teacher", repr=False)
 
     def __post_init__(self) -> None:
+        _check(
+            self.soft_targets in SOFT_TARGETS,
+            f"`soft_targets` must be one of {', '.join(SOFT_TARGETS)}, got {self.soft_targets!r}",
+        )
         for name in ("num_layers", "epochs", "learning_rate", "batch_size", "max_length", "temperature"):
             _positive(name, getattr(self, name))
         for name in ("heads", "ffn"):

@@ -117,7 +117,9 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
     cache.mkdir(parents=True, exist_ok=True)
     storage = config.storage or f"sqlite:///{(cache / 'search.db').resolve()}"
     # One study per search space: trials from another space (say, without clustering) must not answer this one.
-    searched = (config.layers, config.quantize, config.trim, config.cluster, recipe.cluster)
+    # soft_targets is not in DistillConfig's repr (see recipe.py), so it is named here
+    soft = recipe.distill.soft_targets
+    searched = [config.layers, config.quantize, config.trim, config.cluster, recipe.cluster, soft]
     study_name = f"edgeslm-{_key(k_teacher, recipe.distill, recipe.trim, recipe.export, recipe.eval, device, searched)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(optuna, study_name, storage)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import CloudError, ConfigError, DataError
 from ..recipe import DataConfig
 from .client import Call, CloudClient
 from .costs import (
@@ -132,13 +132,13 @@ def compare(
     probe = CloudClient(cloud_url, labels=labels, timeout=config.timeout_s, cafile=cafile)
     info = probe.info()
     if info is not None and info.get("task") != predictor.manifest.task:
-        raise ConfigError(
+        raise CloudError(
             f"task mismatch: the bundle does {predictor.manifest.task}, the cloud model {info.get('task')}; "
             "compare a bundle with a cloud model of the same task"
         )
     first = probe.classify(texts[0], fresh=True)
     if not first.ok:
-        raise (DataError if first.error_kind in ("labels", "malformed", "html") else ConfigError)(
+        raise CloudError(
             f"{first.error}; compare needs a working cloud URL (the down/hung cases are measured separately)"
         )
 

@@ -11,8 +11,10 @@ resumed after Ctrl-C or a crash, never pays for the same text twice. Around each
 - a hard budget on HTTP requests, retries included, checked before every attempt, so it is never exceeded.
 
 The output (``text``, ``label``, ``scores`` per line) is written atomically, in input order, and is what
-``edgeslm build --data FILE.jsonl`` reads. If the budget runs out first, the labelled part is written and the
-result says how many texts are left (they cost nothing already paid for when re-run with a larger budget).
+``edgeslm build --data FILE.jsonl`` reads (``[distill] soft_targets = "scores"`` trains the student on the scores);
+``edgeslm build --teacher-url`` runs this labeller itself (``edgeslm.cloud.teacher``). If the budget runs out
+first, the labelled part is written and the result says how many texts are left (they cost nothing already paid
+for when re-run with a larger budget).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._fs import write_bytes
-from ..errors import ConfigError, DataError
+from ..errors import CloudError, ConfigError, DataError
 from .client import AnswerError, CloudClient, describe_failure, parse_classification
 
 __all__ = ["LabelConfig", "LabelResult", "label_texts", "read_unlabeled"]
@@ -136,7 +138,7 @@ class _Caller:
         self._next_start = max(now, self._next_start) + 1 / self.config.rate_per_s
 
     def __call__(self, text: str) -> tuple[str, dict[str, float]] | None:
-        """The answer, or None when the budget is spent. Raises ConfigError/DataError when it cannot succeed."""
+        """The answer, or None when the budget is spent. Raises CloudError when it cannot succeed."""
         cfg, delay, last = self.config, self.config.backoff_s, ""
         for attempt in range(cfg.retries + 1):
             if self.requests >= cfg.budget:
@@ -155,9 +157,9 @@ class _Caller:
                 return parse_classification(status, headers.get("content-type", ""), body, cfg.labels)
             except AnswerError as e:
                 if e.kind in ("html", "malformed", "labels"):
-                    raise DataError(f"{e}; labelling stopped (retrying cannot fix this answer)") from e
+                    raise CloudError(f"{e}; labelling stopped (retrying cannot fix this answer)") from e
                 if e.kind == "http_4xx":
-                    raise ConfigError(f"{e}; check --cloud URL and credentials") from e
+                    raise CloudError(f"{e}; check the cloud URL and credentials") from e
                 last = str(e)
             except (OSError, http.client.HTTPException) as e:
                 last = describe_failure(e, self.client.origin, cfg.timeout_s)[1]
@@ -169,8 +171,8 @@ class _Caller:
                 self.log(f"[yellow]retry {attempt + 1}/{cfg.retries} in {wait:.1f} s: {last}[/yellow]")
                 time.sleep(wait)
                 delay *= 2
-        raise ConfigError(
-            f"{last} (after {cfg.retries + 1} attempts); check --cloud URL, then re-run (answers so far are cached)"
+        raise CloudError(
+            f"{last} (after {cfg.retries + 1} attempts); check the cloud URL, then re-run (answers so far are cached)"
         )
 
 
@@ -204,7 +206,7 @@ def label_texts(
         if todo:
             info = client.info()
             if info is not None and info.get("task") != "text-classification":
-                raise ConfigError(
+                raise CloudError(
                     f"task mismatch: the cloud model does {info.get('task')}, labelling needs text-classification"
                 )
         call = _Caller(client, config, say)
@@ -217,7 +219,7 @@ def label_texts(
             if config.labels is None:
                 seen_sets.add(frozenset(answer[1]))
                 if len(seen_sets) > 1:
-                    raise DataError(
+                    raise CloudError(
                         f"the cloud answered with label set {sorted(answer[1])} after answering with another; "
                         "pass --labels to say which set is expected"
                     )

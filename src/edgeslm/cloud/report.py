@@ -7,13 +7,12 @@ scripts, no network, no CDN), then the tables. Every number comes from the compa
 from __future__ import annotations
 
 import html
-import io
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from .._fs import write_bytes, write_json
+from ..report import svg_figure
 
 __all__ = ["summary", "svg_figure", "write_compare_report"]
 
@@ -87,21 +86,6 @@ def summary(result: dict[str, Any]) -> list[str]:
             f"{a['seconds_to_fail_max']:.2f} s)."
         )
     return lines
-
-
-def svg_figure(fig: Any, salt: str) -> str:
-    """A matplotlib figure as inline SVG; ``salt`` keeps element ids unique when several share one page."""
-    import matplotlib
-
-    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none"}):
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    text = buf.getvalue()
-    # Drop the RDF metadata block: its namespace URLs (purl.org, creativecommons.org) look like links to fetch.
-    return re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.index("<svg") :], flags=re.S)
 
 
 def _plots(result: dict[str, Any]) -> list[tuple[str, str]]:

@@ -1,5 +1,8 @@
 """Step 2, `distill`: a shallower student initialised from the teacher's layers, trained on its soft labels.
 
+The soft labels are the teacher checkpoint's logits, or (``soft_targets = "scores"``) the probabilities a black-box
+cloud teacher returned, read from the data file.
+
 Loss = kd_weight · T² · KL(teacher_T ‖ student_T) + ce_weight · CE(student, gold) [+ hidden_weight · masked MSE of
 the student's layer outputs against the teacher layers they were copied from].
 """
@@ -25,7 +28,7 @@ from ..recipe import DistillConfig
 from ..runtime.predictor import encode, load_tokenizer
 from . import prune
 
-__all__ = ["distill", "pick_layers"]
+__all__ = ["distill", "pick_layers", "scores_as_logits"]
 
 
 def pick_layers(teacher_layers: int, config: DistillConfig) -> tuple[int, ...]:
@@ -86,6 +89,38 @@ def _prune(
     prune.narrow(student, heads[keep], ffn[keep], *(value or limit for value, limit in limits.values()))
 
 
+def scores_as_logits(path: Path, texts: tuple[str, ...], labels: tuple[str, ...]) -> np.ndarray:
+    """A black-box teacher's answers as logits (log-probabilities), one row per text, columns in ``labels`` order.
+
+    The data file's ``scores`` column holds what the cloud returned ({label: probability}); log p is a logit vector
+    whose softmax is p again, so the temperature-scaled KL below treats it exactly like a local teacher's logits.
+    A label the API left out gets the leftover probability mass, shared evenly.
+    """
+    import json
+
+    by_text: dict[str, object] = {}
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_text[str(row.get("text", "")).strip()] = row.get("scores")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise DataError(f"`{path}` could not be read as JSONL with a `scores` column ({e})") from e
+    out = np.empty((len(texts), len(labels)), dtype=np.float32)
+    for i, text in enumerate(texts):
+        scores = by_text.get(text)
+        if not isinstance(scores, dict) or not all(isinstance(v, int | float) for v in scores.values()):
+            raise DataError(
+                f'`{path}` has no `scores` for {text[:40]!r}; `soft_targets = "scores"` needs a JSONL from '
+                "`edgeslm label` (text, label, scores per line), or use the teacher's logits"
+            )
+        p = np.array([float(scores.get(name, np.nan)) for name in labels])
+        missing = np.isnan(p)
+        p[missing] = max(0.0, 1.0 - float(np.nansum(p))) / max(1, int(missing.sum()))
+        out[i] = np.log(np.clip(p / max(p.sum(), 1e-12), 1e-6, None))
+    return out
+
+
 def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False) -> Path:
     """Distill the teacher checkpoint ``src`` into a student checkpoint ``out``."""
     teacher = load_checkpoint(Path(src))
@@ -103,7 +138,11 @@ def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False)
     teacher.model.to(on)  # for the soft labels, and for the hidden-state targets on every step
     if config.heads or config.ffn:
         _prune(student, teacher.model, layers, tokenizer, dataset.train, config)
-    soft = torch.from_numpy(_train.predict_logits(teacher.model, tokenizer, texts, desc="teacher soft labels")).to(on)
+    if config.soft_targets == "scores":
+        soft = torch.from_numpy(scores_as_logits(Path(config.data.name), texts, teacher.labels)).to(on)
+    else:
+        soft = torch.from_numpy(_train.predict_logits(teacher.model, tokenizer, texts, desc="teacher soft labels"))
+        soft = soft.to(on)
     gold = torch.tensor(dataset.train.labels).to(on)
     T = config.temperature
 

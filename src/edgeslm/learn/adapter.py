@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle import MANIFEST
+from ..bundle import MANIFEST, Manifest
 from ..errors import BundleError
-from ..runtime.predictor import Predictor, session_options
-from ..runtime.providers import build_session
+from ..runtime.predictor import Predictor, model_bytes, session_options
+from ..runtime.verified_file import VerifiedModel
 
 __all__ = ["ADAPTER_FILE", "ADAPTER_MANIFEST", "AdaptedPredictor", "Adapter", "Target", "load_adapter", "merge"]
 
@@ -205,17 +205,26 @@ class AdaptedPredictor(Predictor):
         self.adapter = adapter if isinstance(adapter, Adapter) else load_adapter(adapter)
         check_binding(bundle, self.adapter)
         super().__init__(bundle, threads=threads, trusted_keys=trusted_keys, providers=providers)
-        # Predictor keeps no bytes of the graph and has no hook for initializers, so the session is built again
-        # here from the verified file (one extra read; about the cost of the first load).
-        entry = self.manifest.files[self.manifest.model]
-        model = (bundle / self.manifest.model).read_bytes()
-        if _sha256(model) != entry.sha256:
-            raise BundleError(f"`{bundle / self.manifest.model}` changed while loading; load the bundle again")
+
+    def _accept(self, manifest: Manifest) -> None:
+        _classifier(manifest)
+
+    def _session_input(self, model: VerifiedModel, threads: int | None) -> tuple[str | bytes, ort.SessionOptions]:
+        """The hashed bytes (the merge reads the base weights at their offsets) and options carrying the merged
+        weights, which replace the base initializers in the one session that is built."""
+        data = model_bytes(self.manifest, model.read())
         options = session_options(threads)
         self._overrides = [  # onnxruntime reads these buffers at session build; keep them alive with the session
             (name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)))
-            for name, value in merged_initializers(model, self.adapter).items()
+            for name, value in merged_initializers(data, self.adapter).items()
         ]
         for name, value in self._overrides:
             options.add_initializer(name, value)
-        self._session, self.execution = build_session(model, options, providers)
+        return data, options
+
+
+def _classifier(manifest: Manifest) -> None:
+    if manifest.task != "text-classification":
+        raise BundleError(
+            f"a LoRA adapter applies to a text-classification bundle; this one's task is `{manifest.task}`"
+        )

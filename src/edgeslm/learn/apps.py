@@ -220,6 +220,7 @@ def simulate(config: FederateConfig, workdir: Path, checkpoint: Path) -> dict[st
     from flwr.simulation import run_simulation
 
     from .guard import Guarded
+    from .wire import CountingGrid
 
     server = Local(checkpoint, config.mode, config.lora, config.seed)
     eval_texts, eval_labels = load_eval(config)
@@ -251,6 +252,7 @@ def simulate(config: FederateConfig, workdir: Path, checkpoint: Path) -> dict[st
         return MetricRecord({"accuracy": acc})
 
     app = ServerApp()
+    counting: list[CountingGrid] = []
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
@@ -258,8 +260,9 @@ def simulate(config: FederateConfig, workdir: Path, checkpoint: Path) -> dict[st
             {"workdir": str(workdir), "faulty": config.faulty, "uniform": config.dp_noise is not None, "round": 0}
         )
 
+        counting.append(CountingGrid(grid))
         result = guarded.start(
-            grid=grid,
+            grid=counting[0],
             initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
             num_rounds=config.rounds,
             train_config=train_config,
@@ -281,6 +284,7 @@ def simulate(config: FederateConfig, workdir: Path, checkpoint: Path) -> dict[st
     if "arrays" not in out:
         raise ConfigError("the federated run ended without a result; see Flower's log above for the failing round")
     out["rounds"] = {r: asdict(log) for r, log in guarded.rounds.items()}
+    out["wire"] = counting[0].per_round() if counting else {}
     if accountant is not None:
         spent = accountant.get_privacy_spent()
         out["epsilon"], out["delta"] = float(spent.epsilon), float(spent.delta)

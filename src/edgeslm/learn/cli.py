@@ -1,4 +1,5 @@
-"""`edgeslm personalize` and `edgeslm federate`: thin wrappers over ``learn.personalize`` and ``learn.federate``."""
+"""`edgeslm personalize`, `edgeslm federate` and `edgeslm split`: thin wrappers over ``learn.personalize``,
+``learn.federate`` and ``learn.split_export``."""
 
 from __future__ import annotations
 
@@ -93,13 +94,17 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--dp-noise", help="DP noise multiplier (client-side clipping + noise).")
         ] = None,
         dp_clip: Annotated[float, typer.Option("--dp-clip", help="DP clipping norm of each update.")] = 1.0,
+        secagg: Annotated[
+            bool, typer.Option("--secagg", help="Secure aggregation (Flower SecAgg+): the server sees only the sum.")
+        ] = False,
         checkpoint: CheckpointOpt = None,
         force: ForceOpt = False,
     ) -> None:
         """Federated fine-tuning of the student on Flower (simulation); the result becomes a new bundle in OUT.
 
         Clients train on Dirichlet non-IID splits; updates with NaN or the wrong shapes are rejected and counted;
-        with --dp-noise, updates are clipped on the client and noised on the server, and ε is reported.
+        with --dp-noise, updates are clipped on the client and noised on the server, and ε is reported; with
+        --secagg (FedAvg only, not with DP), SecAgg+ masks every update so that the server learns only their sum.
         """
         from ..recipe import DataConfig
         from .federate import FederateConfig
@@ -118,6 +123,7 @@ def register(app: typer.Typer) -> None:
             poisoned=poisoned,
             dp_noise=dp_noise,
             dp_clip=dp_clip,
+            secagg=secagg,
         )
         result = run(source, out, config, checkpoint=checkpoint, force=force)
         s = result.summary
@@ -126,4 +132,29 @@ def register(app: typer.Typer) -> None:
             f"{s['upload_bytes_per_client_round']:,} bytes per client per round, {s['rejected_updates']} updates "
             f"rejected, {s['seconds']:.0f} s"
             + (f", ε = {s['epsilon']:.2f} (δ = {s['delta']:g})" if s["epsilon"] else "")
+        )
+
+    @app.command()
+    @_friendly
+    def split(
+        source: SourceArg,
+        out: Annotated[Path, typer.Option("--out", help="Folder for device/ and server/.")],
+        layers: Annotated[int, typer.Option("--layers", "-k", help="Encoder layers on the device (0 = embeddings).")],
+        fp32: Annotated[bool, typer.Option("--fp32", help="Keep both halves' weights FP32 (default: INT8).")] = False,
+        checkpoint: CheckpointOpt = None,
+        force: ForceOpt = False,
+    ) -> None:
+        """Cut the student after layer K for split inference: OUT/device (front.onnx, tokenizer) runs on the device
+        and sends activations; OUT/server (back.onnx) finishes on the server.
+
+        The activations are not private: the server can read the input tokens back from them
+        (benchmarks/split_learning.py measures how well, per K).
+        """
+        from .split_export import export_split
+
+        folder = export_split(source, out, layers, checkpoint=checkpoint, int8=not fp32, force=force)
+        front = (folder / "device" / "front.onnx").stat().st_size
+        back = (folder / "server" / "back.onnx").stat().st_size
+        console.print(
+            f"wrote {folder}: device half {front:,} bytes, server half {back:,} bytes (cut after layer {layers})"
         )

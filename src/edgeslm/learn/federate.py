@@ -54,6 +54,10 @@ class FederateConfig:
     dp_noise: float | None = None  # Gaussian noise multiplier; None: no DP
     dp_clip: float = 1.0  # L2 clipping norm of each client's update (client-side, Flower's fixedclipping_mod)
     dp_delta: float = 1e-5  # δ at which ε is reported
+    secagg: bool = False  # SecAgg+ (Flower's legacy workflow): the server sees only the sum; FedAvg only
+    secagg_shares: int = 3  # SecAgg+ key shares per client (itself + neighbours); more tolerate more drop-outs
+    secagg_threshold: int = 2  # shares needed to rebuild a dropped client's mask; < secagg_shares
+    secagg_clip: float = 8.0  # SecAgg+ clips every travelling value to [-clip, clip] before quantizing (2^22 levels)
     eval_rows: int = 1000  # central evaluation rows per round (a fixed random subset of the eval split)
     workers: int = 2  # Ray actors running client apps at once (one CPU each)
     seed: int = 0
@@ -79,6 +83,36 @@ class FederateConfig:
             raise ConfigError(f"`dp_clip` must be > 0, got {self.dp_clip}")
         if self.dp_noise is not None and self.strategy != "fedavg":
             raise ConfigError("DP needs strategy fedavg (Flower's accounted DP wrapper averages uniformly)")
+        if self.secagg:
+            self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        """SecAgg+ hides every single update from the server; what needs one is refused (see ``learn.secagg``)."""
+        if self.strategy != "fedavg":
+            raise ConfigError(
+                f"--secagg works with strategy fedavg only, got {self.strategy!r}: robust aggregation (trimmed mean, "
+                "Krum, median) needs each client's update, and SecAgg+ shows the server only their sum"
+            )
+        if self.dp_noise is not None:
+            raise ConfigError(
+                "--secagg cannot be combined with --dp-noise here: Flower 1.42 runs SecAgg+ only in its legacy "
+                "workflow, and its ε accountant only in the Message-API DP wrapper, so the run would report no ε; "
+                "choose one"
+            )
+        if self.faulty:
+            raise ConfigError(
+                "--secagg cannot inject faulty updates: the server cannot inspect a masked update to reject it "
+                "(under SecAgg+ each device checks its own update before sending)"
+            )
+        if self.per_round < 2:
+            raise ConfigError(f"--secagg needs at least 2 clients per round, got {self.per_round}")
+        if not 2 <= self.secagg_threshold < self.secagg_shares:
+            raise ConfigError(
+                f"`secagg_threshold` must be in [2, secagg_shares) = [2, {self.secagg_shares}), "
+                f"got {self.secagg_threshold}"
+            )
+        if self.secagg_clip <= 0:
+            raise ConfigError(f"`secagg_clip` must be > 0, got {self.secagg_clip}")
 
     @property
     def lr(self) -> float:
@@ -121,12 +155,13 @@ def federate(
     parts = partition(ds.train.labels, config.clients, config.alpha, config.seed)
     with tempfile.TemporaryDirectory(prefix="edgeslm-federate-") as work:
         workdir = Path(work)
-        config_dict = asdict(config)
-        write_json(
-            workdir / "setup.json", {"config": config_dict, "checkpoint": str(student.checkpoint.path.resolve())}
-        )
-        np.savez(workdir / "partitions.npz", *parts)  # arr_0, arr_1, ... in client order
-        sim = simulate(config, workdir, student.checkpoint.path)
+        config_dict = prepare_workdir(workdir, config, student.checkpoint.path, parts)
+        if config.secagg:
+            from .secagg import simulate as simulate_secagg
+
+            sim = simulate_secagg(config, workdir, student.checkpoint.path)
+        else:
+            sim = simulate(config, workdir, student.checkpoint.path)
     server: Local = sim["server"]
     server.set(sim["arrays"])
     uploads = [b for r in sim["rounds"].values() for b in r["upload_bytes"]]
@@ -139,6 +174,7 @@ def federate(
         "rejected_updates": sum(r["rejected_nan"] + r["rejected_shape"] for r in sim["rounds"].values()),
         "failed_clients": sum(r["failed"] for r in sim["rounds"].values()),
         "upload_bytes_per_client_round": int(np.median(uploads)) if uploads else 0,
+        "wire": _wire(sim.get("wire", {})),
         "array_bytes": int(sum(a.nbytes for a in sim["initial"].values())),
         "seconds": round(sim["seconds"], 1),
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -158,6 +194,16 @@ def federate(
         _write_bundle(server, student, config, tmp, summary)
         write_json(tmp / "federate.json", summary)
     return FederateResult(out / "bundle", summary)
+
+
+def prepare_workdir(workdir: Path, config: FederateConfig, checkpoint: Path, parts: list[np.ndarray]) -> dict[str, Any]:
+    """What every client reads (``apps._client_state``): the run's settings, the student, each client's rows."""
+    from .._fs import write_json
+
+    config_dict = asdict(config)
+    write_json(workdir / "setup.json", {"config": config_dict, "checkpoint": str(Path(checkpoint).resolve())})
+    np.savez(workdir / "partitions.npz", *parts)  # arr_0, arr_1, ... in client order
+    return config_dict
 
 
 def _write_bundle(server: Local, student: Any, config: FederateConfig, tmp: Path, summary: dict[str, Any]) -> None:
@@ -216,6 +262,21 @@ def _write_bundle(server: Local, student: Any, config: FederateConfig, tmp: Path
     eval_ds = load_eval(config)
     pred = Predictor(tmp / "bundle", threads=1).logits(eval_ds[0]).argmax(1)
     summary["bundle_accuracy"] = float(np.mean(pred == np.asarray(eval_ds[1])))
+
+
+def _wire(per_round: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Serialized message bytes per client per round, both directions (``learn.wire``), as medians over rounds."""
+    if not per_round:
+        return {}
+    rounds = [w for r, w in per_round.items() if r.isdigit() and int(r) > 0]
+    if not rounds:
+        return {}
+    return {
+        "down_bytes_per_client_round": int(np.median([np.median(w["down"]) for w in rounds])),
+        "up_bytes_per_client_round": int(np.median([np.median(w["up"]) for w in rounds])),
+        "exchanges_per_round": int(max(w["exchanges"] for w in rounds)),
+        "per_round": per_round,
+    }
 
 
 def load_eval(config: FederateConfig) -> tuple[list[str], list[int]]:

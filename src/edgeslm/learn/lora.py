@@ -66,9 +66,7 @@ def resolve_student(source: Path, checkpoint: Path | None = None) -> Student:
                 f"`{source}` is a bundle without its build report; pass --checkpoint with the student checkpoint "
                 "folder (report.json `artifacts.student` of its build)"
             )
-        named = Path(json.loads(report.read_text(encoding="utf-8"))["artifacts"]["student"])
-        # the report names cache folders relative to where the build ran; the cache lies beside the build folder
-        checkpoint = named if named.is_dir() else source.parent / ".edgeslm-cache" / named.name
+        checkpoint = _student_in_report(source, json.loads(report.read_text(encoding="utf-8")))
     verify_bundle(bundle)
     ckpt = load_checkpoint(checkpoint)
     manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
@@ -76,6 +74,25 @@ def resolve_student(source: Path, checkpoint: Path | None = None) -> Student:
         raise ModelError(f"checkpoint `{checkpoint}` and bundle `{bundle}` have different labels; they are not a pair")
     digest = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
     return Student(ckpt, bundle, digest)
+
+
+def _student_in_report(build: Path, report: dict[str, Any]) -> Path:
+    """The student checkpoint a build report names: absolute, relative to the build folder, relative to where the
+    build ran (reports written before paths were made absolute), or in the cache beside the build folder."""
+    try:
+        named = Path(report["artifacts"]["student"])
+    except (KeyError, TypeError) as e:
+        raise ModelError(f"`{build / 'report.json'}` names no student checkpoint; pass --checkpoint") from e
+    candidates = (
+        [named] if named.is_absolute() else [build / named, named, build.parent / ".edgeslm-cache" / named.name]
+    )
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelError(
+        f"the student checkpoint `{named}` named by `{build / 'report.json'}` is not at "
+        f"{', '.join(f'`{c}`' for c in candidates)}; pass --checkpoint with its folder"
+    )
 
 
 def wrap(model: TextClassifier, spec: LoraSpec, seed: int = 0) -> Any:

@@ -271,7 +271,7 @@ def create_app(
     def chat(chat_request: ChatCompletionRequest) -> Response:
         """OpenAI chat completions from a text-generation bundle; ``"stream": true`` answers server-sent events."""
         body = chat_request.model_dump(exclude_none=True)
-        loaded = pick(chat_request.model, "text-generation", "chat")
+        loaded = pick(chat_request.model, "text-generation", "/v1/chat/completions")
         if isinstance(loaded, JSONResponse):
             return loaded
         generator = loaded.predictor

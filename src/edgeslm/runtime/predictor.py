@@ -14,7 +14,7 @@ from typing import overload
 from ..bundle import Manifest
 from ..errors import BundleError, ConfigError, MissingExtraError
 from .providers import Execution, build_session
-from .verified_file import verify_streaming
+from .verified_file import VerifiedModel, verify_streaming
 
 try:
     import numpy as np
@@ -128,21 +128,19 @@ class Predictor:
         trusted_keys: Sequence[bytes] | None = None,
         providers: Sequence[str] | None = None,
     ) -> None:
-        manifest, blobs, model = verify_streaming(Path(bundle), trusted_keys, accept=_not_generative)
+        manifest, blobs, model = verify_streaming(Path(bundle), trusted_keys, accept=self._accept)
         self.manifest: Manifest = manifest
         self.labels = manifest.labels
         self.task = manifest.task
         try:
-            self._tokenizer = load_tokenizer(blobs[manifest.tokenizer].decode("utf-8"), manifest.max_length)
-        except Exception as e:  # tokenizers raises plain Exception on bad JSON
-            model.close()
-            raise BundleError(f"bundle tokenizer `{manifest.tokenizer}` does not load ({e}); rebuild the bundle") from e
-        try:
-            # From the hashed open file, not from bytes: onnxruntime keeps its own copy of the bytes it is given.
-            source = model.source if not manifest.model.endswith(".xz") else model_bytes(manifest, model.read())
-            session, execution = build_session(source, session_options(threads), providers)
-        except BundleError as e:
-            raise BundleError(f"bundle model `{manifest.model}`: {e}") from e
+            try:
+                self._tokenizer = load_tokenizer(blobs[manifest.tokenizer].decode("utf-8"), manifest.max_length)
+            except Exception as e:  # tokenizers raises plain Exception on bad JSON
+                raise BundleError(f"bundle tokenizer `{manifest.tokenizer}` does not load ({e}); rebuild it") from e
+            try:
+                session, execution = build_session(*self._session_input(model, threads), providers)
+            except BundleError as e:
+                raise BundleError(f"bundle model `{manifest.model}`: {e}") from e
         finally:
             model.close()
         self._session = session
@@ -150,6 +148,17 @@ class Predictor:
         self._inputs = [i.name for i in self._session.get_inputs()]
         if set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}:
             raise BundleError(f"bundle model expects inputs {self._inputs}; this runtime feeds ids, mask and types")
+
+    def _accept(self, manifest: Manifest) -> None:
+        """Refuse a bundle this class cannot run from its manifest, before any file is hashed (a subclass narrows)."""
+        _not_generative(manifest)
+
+    def _session_input(self, model: VerifiedModel, threads: int | None) -> tuple[str | bytes, ort.SessionOptions]:
+        """What the session is built from: the hashed open file rather than bytes (onnxruntime keeps its own copy
+        of bytes it is given; an ``.xz`` model must be decoded first), and the options (a subclass adds to them)."""
+        name = self.manifest.model
+        source = model.read() if name.endswith(".xz") else model.source
+        return (model_bytes(self.manifest, source) if isinstance(source, bytes) else source), session_options(threads)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Raw logits, shape (len(texts), labels); for an embedding bundle, the vectors (len(texts), dim).
