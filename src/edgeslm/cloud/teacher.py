@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from .._fs import write_bytes
 from ..errors import ConfigError
 from ..recipe import Recipe
 from .label import LabelConfig, LabelResult, label_texts, read_unlabeled
@@ -46,9 +47,9 @@ def label_for_build(
     part = cache / f".cloud-labels-{os.getpid()}.jsonl.part"  # pid: parallel builds never share a scratch file
     try:
         result = label_texts(teacher_url, texts, part, cache / CACHE_DB, config, cafile=cafile, force=True, log=log)
-        digest = hashlib.sha256(part.read_bytes()).hexdigest()[:12]
-        final = cache / f"cloud-labels-{digest}.jsonl"
-        os.replace(part, final)  # same content, same name: replacing an existing copy changes nothing
+        labelled = part.read_bytes()
+        final = cache / f"cloud-labels-{hashlib.sha256(labelled).hexdigest()[:12]}.jsonl"
+        write_bytes(final, labelled)  # atomic and fsynced; same content, same name: a re-run changes nothing
     finally:
         part.unlink(missing_ok=True)
     return dataclasses.replace(result, out=final)
