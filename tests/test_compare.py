@@ -57,7 +57,7 @@ def test_compare_measures_every_figure(result: dict) -> None:
         assert n["agreement"] >= 0.9 and 0 <= n["cloud_accuracy"] <= 1
     # wifi adds its measured round trip to every call: one warm, three cold (TCP + TLS + request)
     assert 12 <= wifi["link_measured"]["rtt_ms_p50"] <= 13 + 10  # a delay never shrinks; load only adds to it
-    assert wifi["warm"]["p50_ms"] > loop["warm"]["p50_ms"] + 10
+    assert wifi["warm"]["p50_ms"] > loop["warm"]["p50_ms"] + 5  # 13 ms RTT added; two medians under load differ
     assert wifi["cold"]["p50_ms"] > loop["cold"]["p50_ms"] + 30
 
 

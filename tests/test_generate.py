@@ -81,6 +81,8 @@ def test_stream_pieces_join_to_the_text_and_respect_stop_and_seed(tiny_llama: di
     assert gen.generate("hello", sample).text == first.text  # a seed fixes the sample
     others = {gen.generate("hello", Sampling(max_new_tokens=10, temperature=1.5, seed=s)).text for s in range(4)}
     assert len(others) > 1
+    tiny = Sampling(max_new_tokens=10, temperature=5e-324, seed=1)  # logits / T overflow: found by the HTTP fuzzer
+    assert gen.generate("hello", tiny).text == gen.generate("hello", Sampling(max_new_tokens=10)).text
 
 
 def test_chat_template_comes_from_the_gguf(tiny_llama: dict[str, Path]) -> None:

@@ -184,7 +184,10 @@ class Generator:
     def _next(self, logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
         if sampling.temperature == 0:
             return int(np.argmax(logits))
-        z = logits.astype(np.float64) / sampling.temperature
+        with np.errstate(over="ignore"):
+            z = logits.astype(np.float64) / sampling.temperature
+        if not np.isfinite(z).all():  # a temperature so small the logits overflow: sample from its limit, greedy
+            return int(np.argmax(logits))
         k = min(sampling.top_k, z.size)
         top = np.argpartition(-z, k - 1)[:k]  # the k likeliest, unordered
         top = top[np.argsort(-z[top])]
