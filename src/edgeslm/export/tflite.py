@@ -3,7 +3,11 @@
 litert-torch pins an older pydantic, so it lives in its own venv (``.venv-export``); this module runs there only
 through ``_tflite_worker`` in a subprocess, with JSON files both ways. The main side tokenizes (fixed length, the
 shape the .tflite is frozen to), compares the TFLite logits with ONNX Runtime on the same sentences and writes
-``tflite.json``: sizes, operators, label agreement, accuracy difference and latency side by side.
+``tflite.json``: sizes, operators, label agreement, accuracy difference and latency side by side; with ``micro``,
+also TensorFlow Lite Micro's smallest arena and its agreement with LiteRT (what `edgeslm fit` checks on an MCU).
+
+The models take word embeddings, not token ids: the table (``embedding_float.npy``, ``embedding_int8.npy``) sits
+beside them and the caller copies one row per token (see ``_tflite_worker._wrapper`` for why).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ __all__ = [
     "call_worker",
     "export_python",
     "export_tflite",
-    "mcu_fit",
     "micro_check",
     "resolve_checkpoint",
 ]
@@ -53,6 +56,7 @@ class TFLiteConfig:
     seq_len: int | None = None  # the frozen input length; None: the checkpoint's max_length
     threads: int = 1  # interpreter threads for the latency measurement (one, like every benchmark here)
     micro: bool = False  # GELU as its tanh form (TFLite Micro has no GELU kernel); changes logits by ~1e-3
+    micro_rows: int = 5  # with `micro`: dev sentences run in TFLite Micro, which also measures the arena; 0: skip
 
 
 def export_python() -> Path:
@@ -81,7 +85,7 @@ def call_worker(command: str, request: dict[str, Any], timeout: float = 1800) ->
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0 or not answer.is_file():
             tail = " | ".join(done.stderr.strip().splitlines()[-3:]) or f"exit code {done.returncode}"
-            raise ModelError(f"the TFLite worker `{command}` failed ({tail}); see the message for the operator")
+            raise ModelError(f"the export worker `{command}` failed ({tail}); see the message for the operator")
         result: dict[str, Any] = json.loads(answer.read_text(encoding="utf-8"))
     return result
 
@@ -222,17 +226,27 @@ def export_tflite(
             "labels": meta["labels"],
             "seq_len": seq_len,
             "micro": config.micro,
-            "inputs": ["input_ids (int32)", "attention_mask (int32)"],
+            "inputs": [
+                f"embeddings [1, {seq_len}, {converted['hidden']}]: rows of embedding_<model>.npy for the token ids",
+                f"attention_mask [1, {seq_len}] int32",
+            ],
+            "hidden": converted["hidden"],
+            "input_quantization": converted.get("input_quantization"),
+            "inlined_buffers": converted.get("inlined_buffers"),  # constants moved into the flatbuffer for TFLM
             "calibration_rows": len(calib["input_ids"]),
             "dataset": ds.name,
             "eval_split": ds.eval_split,
-            "files": {p.name: p.stat().st_size for p in sorted(tmp.glob("*.tflite"))},
+            "files": {p.name: p.stat().st_size for p in sorted([*tmp.glob("*.tflite"), *tmp.glob("*.npy")])},
             "ops": {"float": converted["ops_float"], "int8": converted.get("ops_int8")},
             "seconds": {"float": converted["float_seconds"], "int8": converted.get("int8_seconds")},
             "check": check,
             "python": sys.version.split()[0],
         }
         write_json(tmp / "tflite.json", report)
+        if config.micro and config.micro_rows:
+            name = "int8" if config.int8 else "float"
+            report["tflm"] = {name: micro_check(tmp, config.micro_rows, name, data=data)}  # `edgeslm fit` reads it
+            write_json(tmp / "tflite.json", report)
     return Path(out)
 
 
@@ -242,7 +256,9 @@ _LAYER_HINTS = {
 }
 
 
-def micro_check(folder: Path, rows: int = 20, name: str = "int8", max_arena: int = 64 << 20) -> dict[str, Any]:
+def micro_check(
+    folder: Path, rows: int = 20, name: str = "int8", max_arena: int = 64 << 20, data: DataConfig | None = None
+) -> dict[str, Any]:
     """Run ``folder/model_<name>.tflite`` in TensorFlow Lite Micro (its Python package, on the host).
 
     Finds the smallest arena that works (bisection; a too-small arena segfaults, so each probe is a subprocess)
@@ -252,9 +268,11 @@ def micro_check(folder: Path, rows: int = 20, name: str = "int8", max_arena: int
 
     folder = Path(folder)
     report = json.loads((folder / "tflite.json").read_text(encoding="utf-8"))
-    meta = json.loads((Path(report["checkpoint"]) / "edgeslm.json").read_text(encoding="utf-8"))
-    fields = meta.get("config", {}).get("data", {})
-    ds = load_dataset(DataConfig(**{k: v for k, v in fields.items() if k in DataConfig.__dataclass_fields__}))
+    if data is None:
+        meta = json.loads((Path(report["checkpoint"]) / "edgeslm.json").read_text(encoding="utf-8"))
+        fields = meta.get("config", {}).get("data", {})
+        data = DataConfig(**{k: v for k, v in fields.items() if k in DataConfig.__dataclass_fields__})
+    ds = load_dataset(data)
     tokenizer_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
     feed = _fixed_encode(tokenizer_json, list(ds.eval.texts[:rows]), int(report["seq_len"]))
     model = folder / f"model_{name}.tflite"
@@ -265,31 +283,15 @@ def micro_check(folder: Path, rows: int = 20, name: str = "int8", max_arena: int
         raise ModelError(f"TensorFlow Lite Micro cannot run `{model}`: {micro['error']}{hint}")
     lite = call_worker("run", {**request, "threads": 1, "warmup": 1})
     a, b = np.asarray(micro["logits"]), np.asarray(lite["logits"])
+    truth = np.asarray(ds.eval.labels[:rows])
     return {
         "model": model.name,
         "rows": rows,
         "arena_bytes": micro["arena_bytes"],
-        "tflm_ms_per_row": micro["ms_per_row"],
+        "tflm_p50_ms": micro["ms_per_row"],  # host, one row: copy + invoke (TFLM reference kernels)
         "max_abs_logit_diff_vs_litert": float(np.abs(a - b).max()),
         "litert_max_abs_logit": float(np.abs(b).max()),
         "label_agreement_vs_litert": float((a.argmax(1) == b.argmax(1)).mean()),
+        "accuracy": float((a.argmax(1) == truth).mean()),
+        "litert_accuracy": float((b.argmax(1) == truth).mean()),
     }
-
-
-def mcu_fit(model_bytes: int, arena_bytes: int, device: str) -> dict[str, Any]:
-    """Does a TFLite Micro model fit ``device``'s flash (the array) and on-chip SRAM (the arena)? By how much not?
-
-    ``edgeslm fit`` reads ONNX bundles; this is the same question for the c-array path, with the arena measured
-    by TFLite Micro itself (``micro_check``) rather than estimated from the graph.
-    """
-    from ..devices import check_device
-
-    profile = check_device(device)
-    flash = int(profile["storage_mb"] * 1e6)
-    sram = int(profile.get("sram_kb", profile["ram_mb"] * 1000) * 1024)
-    checks = {
-        "flash": {"need": model_bytes, "have": flash, "fits": model_bytes <= flash},
-        "sram_arena": {"need": arena_bytes, "have": sram, "fits": arena_bytes <= sram},
-    }
-    verdict = [f"{k} over by {v['need'] - v['have']:,} B" for k, v in checks.items() if not v["fits"]]
-    return {"device": device, "checks": checks, "fits": not verdict, "why_not": "; ".join(verdict)}
