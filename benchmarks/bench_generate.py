@@ -366,11 +366,10 @@ def main() -> None:
     systems = {name: {"file_mb": sizes[name], **ppl[name], **speed[name], **rss[name]} for name in names}
     ratios = _ratios(systems)
     result = {
-        "command": "HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python benchmarks/bench_generate.py --reps "
-        f"{args.reps}" + (" --no-llama" if args.no_llama else ""),
+        "command": " ".join(["python", *sys.argv]),
         "setup": {
             "model": gguf.name,
-            "host": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
+            "host": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end",
             "perplexity": f"WikiText-2 test, first {PPL_TOKENS} tokens, windows of {WINDOW}",
             "speed": f"{PROMPT_TOKENS}-token WikiText prompt, {NEW_TOKENS} greedy new tokens, "
             f"median of {args.reps} alternated runs",
