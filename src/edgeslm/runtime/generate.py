@@ -96,12 +96,15 @@ class Generator:
         trusted_keys: Sequence[bytes] | None = None,
         providers: Sequence[str] | None = None,
     ) -> None:
-        manifest, blobs, model = verify_streaming(Path(bundle), trusted_keys)  # the model is not held in memory
-        if manifest.task != "text-generation":
-            raise BundleError(
-                f"bundle `{bundle}` is a {manifest.task} bundle; generation needs a text-generation bundle "
-                "(build one with edgeslm.generate.build_generate)"
-            )
+        def generative(manifest: Manifest) -> None:  # checked before any file is hashed or opened
+            if manifest.task != "text-generation":
+                raise BundleError(
+                    f"bundle `{bundle}` is a {manifest.task} bundle; generation needs a text-generation bundle "
+                    "(build one with edgeslm.generate.build_generate)"
+                )
+
+        # the model is hashed from an open file and not held in memory
+        manifest, blobs, model = verify_streaming(Path(bundle), trusted_keys, accept=generative)
         self.manifest: Manifest = manifest
         gen: dict[str, Any] = manifest.extra.get("generation") or {}
         try:
