@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +72,27 @@ def shared_data_available() -> bool:
 def _minilm_tokenizer() -> Path:
     """The real MiniLM tokenizer.json, hash-checked once per session (the check reads 90 MB)."""
     return _minilm_dir() / "tokenizer.json"
+
+
+def modules_after(code: str) -> set[str]:
+    """Every module in ``sys.modules`` after ``code`` runs in a fresh interpreter (what an import really pulls in)."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+def write_random_classifier(out: Path, tokenizer: Path, hidden: int, ffn: int, seed: int) -> Path:
+    """An untrained 2-layer, 2-head BERT classifier checkpoint: for tests of conversion fidelity, not accuracy."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from edgeslm.models import TextClassifier, save_checkpoint
+
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, intermediate_size=ffn)
+    model = TextClassifier(BertModel(config, add_pooling_layer=False), 2)
+    save_checkpoint(model, out, tokenizer, ("negative", "positive"), 16, {"step": "test"})
+    return out
 
 
 def write_tiny_bundle(out: Path, weight: tuple[float, float] = (1.0, -1.0), **extra: object) -> Path:

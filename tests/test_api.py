@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import edgeslm
+from conftest import modules_after
 
 PUBLIC = [
     "BundleError",
@@ -47,18 +44,12 @@ def test_error_tree() -> None:
         assert issubclass(cls, edgeslm.EdgeSLMError)
 
 
-def _modules_after(code: str) -> set[str]:
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return set(json.loads(out.stdout.splitlines()[-1]))
-
-
 def test_runtime_imports_no_torch_and_no_transformers() -> None:
-    mods = _modules_after("import edgeslm.runtime\nfrom edgeslm.runtime import Predictor")
+    mods = modules_after("import edgeslm.runtime\nfrom edgeslm.runtime import Predictor")
     assert "onnxruntime" in mods and "tokenizers" in mods
     assert not {m for m in mods if m.split(".")[0] in {"torch", "transformers", "onnx"}}
 
 
 def test_package_import_is_light() -> None:
-    mods = _modules_after("import edgeslm")
+    mods = modules_after("import edgeslm")
     assert not {m for m in mods if m.split(".")[0] in {"torch", "transformers", "onnxruntime", "numpy"}}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_random_classifier
 from edgeslm.errors import MissingExtraError
 from edgeslm.export.executorch import (
     COREML_HELP,
@@ -36,17 +37,8 @@ needs_ct = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def small_ckpt(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer, 64-wide classifier (no training: conversion fidelity is what these tests check)."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from edgeslm.models import TextClassifier, save_checkpoint
-
-    torch.manual_seed(1)
     out = tmp_path_factory.mktemp("et") / "ckpt"
-    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-    model = TextClassifier(BertModel(config, add_pooling_layer=False), 2)
-    save_checkpoint(model, out, tiny_base / "tokenizer.json", ("negative", "positive"), 16, {"step": "test"})
-    return out
+    return write_random_classifier(out, tiny_base / "tokenizer.json", hidden=64, ffn=128, seed=1)
 
 
 @needs_et

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_random_classifier
 from edgeslm.errors import ConfigError, MissingExtraError, ModelError
 from edgeslm.export.tflite import EXPORT_VENV_HELP, TFLiteConfig, export_python, export_tflite, resolve_checkpoint
 from edgeslm.recipe import DataConfig
@@ -38,17 +39,8 @@ def tiny_ckpt(tiny_base: Path, tiny_data: DataConfig, tmp_path_factory: pytest.T
     """A random classifier (no training: conversion fidelity is what we test), 128 wide with a 1024 FFN: large
     enough (0.66 MB of INT8 weights) that ai-edge-quantizer stores constants after the flatbuffer, the format
     TensorFlow Lite Micro cannot read until `inline_buffers` moves them back."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from edgeslm.models import TextClassifier, save_checkpoint
-
-    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tflite") / "ckpt"
-    config = BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=1024)
-    model = TextClassifier(BertModel(config, add_pooling_layer=False), 2)
-    save_checkpoint(model, out, tiny_base / "tokenizer.json", ("negative", "positive"), 16, {"step": "test"})
-    return out
+    return write_random_classifier(out, tiny_base / "tokenizer.json", hidden=128, ffn=1024, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ the float logits (the blocks are transcoded, not re-quantized), and the KV-cache
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_tiny_bundle
+from conftest import modules_after, write_tiny_bundle
 from edgeslm.cli import app
 from edgeslm.errors import BundleError, ConfigError
 from edgeslm.runtime.generate import Generator, Sampling
@@ -161,9 +159,7 @@ def test_manifest_describes_the_decoder(tiny_llama: dict[str, Path]) -> None:
 
 
 def test_generation_runtime_imports_no_torch_transformers_or_onnx() -> None:
-    probe = "import edgeslm.runtime.generate, json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    mods = set(json.loads(out.stdout.splitlines()[-1]))
+    mods = modules_after("import edgeslm.runtime.generate")
     assert "onnxruntime" in mods
     assert not {m for m in mods if m.split(".")[0] in {"torch", "transformers", "onnx", "gguf"}}
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import modules_after
 from edgeslm.errors import BundleError, ConfigError, DataError
 from edgeslm.learn.adapter import ADAPTER_FILE, ADAPTER_MANIFEST, AdaptedPredictor, load_adapter, merge
 from edgeslm.learn.lora import LoraSpec
@@ -138,12 +137,8 @@ def test_labels_the_bundle_does_not_know_are_refused(learn_build: Path, tmp_path
 
 
 def test_the_adapter_runtime_loads_no_torch_and_no_onnx() -> None:
-    code = (
-        "import sys, edgeslm.learn.adapter\n"
-        "bad = [m for m in ('torch', 'transformers', 'onnx', 'peft', 'flwr') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    bad = {"torch", "transformers", "onnx", "peft", "flwr"} & modules_after("import edgeslm.learn.adapter")
+    assert not bad, bad
 
 
 def test_cli_personalize_reports_and_refuses_a_bad_rank(learn_build: Path, user_csv: Path, tmp_path: Path) -> None:

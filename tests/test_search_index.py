@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import edgeslm.runtime.search as search_mod
+from conftest import modules_after
 from edgeslm.cli import app as cli_app
 from edgeslm.errors import ConfigError, DataError, MissingExtraError
 from edgeslm.runtime import Predictor
@@ -181,9 +181,6 @@ def test_embed_build_index_and_search_commands(tiny_base: Path, tmp_path: Path) 
 
 
 def test_search_and_summarize_import_no_torch() -> None:
-    code = (
-        "import sys, edgeslm.runtime.search, edgeslm.runtime.summarize\n"
-        "heavy = {'torch', 'transformers', 'onnx', 'faiss'} & set(sys.modules)\n"
-        "assert not heavy, heavy\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    loaded = modules_after("import edgeslm.runtime.search, edgeslm.runtime.summarize")
+    heavy = {"torch", "transformers", "onnx", "faiss"} & loaded
+    assert not heavy, heavy

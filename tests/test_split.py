@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import modules_after
 from edgeslm.errors import BundleError, ConfigError, DataError
 from edgeslm.learn.inversion import fit_probe, nearest_embedding, probe, recovery
 from edgeslm.learn.split import SplitDevice, SplitServer, pack, unpack
@@ -127,12 +126,9 @@ def test_the_activations_give_the_text_away(split_int8: Path, learn_build: Path,
 
 
 def test_the_device_half_loads_no_torch_and_no_onnx() -> None:
-    code = (
-        "import sys, edgeslm.learn.split, edgeslm.learn.inversion\n"
-        "bad = [m for m in ('torch', 'transformers', 'onnx', 'peft', 'flwr') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    loaded = modules_after("import edgeslm.learn.split, edgeslm.learn.inversion")
+    bad = {"torch", "transformers", "onnx", "peft", "flwr"} & loaded
+    assert not bad, bad
 
 
 def test_cli_split_writes_both_halves_and_refuses_a_bad_cut(learn_build: Path, tmp_path: Path) -> None:
