@@ -253,6 +253,7 @@ def test_build_task_generate_writes_a_generative_bundle(tiny_llama: dict[str, Pa
     assert Generator(tmp_path / "bundle", threads=1).generate("hello", Sampling(max_new_tokens=3)).new_tokens <= 3
     for args, message in (
         (["--task", "generate", "--layers", "2"], "--layers apply to classifiers"),
+        (["--task", "generate", "--teacher-url", "http://127.0.0.1:9"], "--teacher-url apply to classifiers"),
         (["--task", "translate"], "--task must be classify or generate"),
     ):
         bad = runner.invoke(app, ["build", "-o", str(tmp_path / "x"), *args])

@@ -200,7 +200,13 @@ def build(
     from .pipeline import build as run_build
 
     if task == "generate":
-        _build_generate(out, base, force, data=data, recipe=recipe, device=device, layers=layers)
+        classifier_only = dict(
+            data=data, recipe=recipe, device=device, layers=layers, data_dir=data_dir, text_column=text_column,
+            label_column=label_column, dev_file=dev_file, max_train_rows=max_train_rows,
+            max_accuracy_drop=max_accuracy_drop, trials=trials, storage=storage, teacher_url=teacher_url,
+            unlabeled=unlabeled, budget=budget, cacert=cacert,
+        )  # fmt: skip
+        _build_generate(out, base, force, **classifier_only)
         return
     if task != "classify":
         raise ConfigError(f"--task must be classify or generate, got {task!r}")
@@ -251,7 +257,7 @@ def build(
 
 def _build_generate(out: Path, gguf: str | None, force: bool, **unused: object) -> None:
     """`build --task generate`: OUT/bundle from a GGUF, INT4 (the file's own 4-bit blocks), as generate-build does."""
-    given = [f"--{name}" for name, value in unused.items() if value is not None]
+    given = [f"--{name.replace('_', '-')}" for name, value in unused.items() if value is not None]
     if given:
         raise ConfigError(f"{', '.join(given)} apply to classifiers; --task generate takes --base FILE.gguf only")
     from .generate.build import GenerateConfig, build_generate
