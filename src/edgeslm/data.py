@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import DataError
 from .recipe import DataConfig
 
-__all__ = ["Dataset", "Split", "load_dataset"]
+__all__ = ["Dataset", "Split", "load_dataset", "read_rows"]
 
 NAMED = ("sst2", "clinc150")
 _SAMPLES = Path(__file__).parent / "samples"
@@ -142,7 +142,8 @@ def _load_clinc(folder: Path, config: DataConfig) -> Dataset:
 # user files
 
 
-def _read_rows(path: Path, config: DataConfig) -> list[tuple[str, str]]:
+def read_rows(path: Path, config: DataConfig) -> list[tuple[str, str]]:
+    """(text, label name) of every row of a .csv/.tsv/.jsonl file, checked; no split, any number of labels."""
     if not path.is_file():
         raise DataError(f"data file `{path}` does not exist; pass a .csv, .tsv or .jsonl file, or sst2 / clinc150")
     suffix = path.suffix.lower()
@@ -183,14 +184,14 @@ def _read_rows(path: Path, config: DataConfig) -> list[tuple[str, str]]:
 
 def _load_file(config: DataConfig) -> Dataset:
     path = Path(config.name)
-    rows = _read_rows(path, config)
+    rows = read_rows(path, config)
     names = tuple(sorted({label for _, label in rows}))
     if len(names) < 2:
         raise DataError(f"`{path}` has only one label ({names[0]!r}); a classifier needs at least two")
     index = {n: i for i, n in enumerate(names)}
     full = Split(tuple(t for t, _ in rows), tuple(index[label] for _, label in rows))
     if config.dev_path:
-        dev_rows = _read_rows(Path(config.dev_path), config)
+        dev_rows = read_rows(Path(config.dev_path), config)
         unseen = sorted({label for _, label in dev_rows} - set(names))
         if unseen:
             raise DataError(

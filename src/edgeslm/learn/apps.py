@@ -24,7 +24,7 @@ from ..recipe import DataConfig
 from .federate import FederateConfig, load_eval
 from .lora import LoraSpec
 
-__all__ = ["Local", "accuracy", "client_app", "simulate"]
+__all__ = ["Local", "accuracy", "client_app", "local_round", "serve", "simulate"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # the model both sides hold
@@ -109,18 +109,37 @@ def _config_from(raw: dict[str, Any]) -> FederateConfig:
 def _train_client(
     workdir: str, pid: int, arrays: dict[str, np.ndarray], rnd: int, mu: float
 ) -> tuple[dict[str, np.ndarray], int]:
-    """One client's local round; returns its new arrays and the rows it trained on."""
+    """One simulated client's local round on its partition; returns its new arrays and the rows it trained on."""
+    local, setup, texts, labels, parts = _client_state(workdir)
+    config = _config_from(setup["config"])
+    rows = parts[pid]
+    poisoned = bool(config.poisoned) and pid % round(1 / config.poisoned) == 0
+    texts, labels = [texts[i] for i in rows], [labels[i] for i in rows]
+    return local_round(local, config, texts, labels, arrays, rnd, mu, pid, poisoned), len(rows)
+
+
+def local_round(
+    local: Local,
+    config: FederateConfig,
+    texts: list[str],
+    labels: list[int],
+    arrays: dict[str, np.ndarray],
+    rnd: int,
+    mu: float,
+    client: int,
+    poisoned: bool = False,
+) -> dict[str, np.ndarray]:
+    """Train ``local`` from the server's ``arrays`` on one device's rows; return the arrays that travel back.
+
+    The same step runs in simulation (``_train_client``) and on a real SuperNode (``learn.deploy``). ``poisoned``
+    (simulation only) flips the labels and boosts the update, the attack the robust strategies are tested against.
+    """
     import torch
 
     from .._train import train
 
-    local, setup, texts, labels, parts = _client_state(workdir)
-    config = _config_from(setup["config"])
-    rows = parts[pid]
     k = len(local.labels)
-    poisoned = config.poisoned and pid % round(1 / config.poisoned) == 0
-    my_texts = [texts[i] for i in rows]
-    y = torch.tensor([(k - 1 - labels[i]) if poisoned else labels[i] for i in rows])  # flipped when poisoned
+    y = torch.tensor([(k - 1 - label) if poisoned else label for label in labels])
     local.set(arrays)
     start = {name: torch.from_numpy(a.copy()) for name, a in arrays.items()}
     params = dict(local.model.named_parameters())
@@ -133,13 +152,14 @@ def _train_client(
             loss = loss + mu / 2 * prox
         return loss
 
-    settings = _Settings(config.local_epochs, config.lr, config.batch_size, config.seed * 100_003 + rnd * 1_009 + pid)
+    seed = config.seed * 100_003 + rnd * 1_009 + client
+    settings = _Settings(config.local_epochs, config.lr, config.batch_size, seed)
     with contextlib.redirect_stdout(io.StringIO()):  # the loop's progress lines, times thousands of clients
-        train(local.model, local.tokenizer, my_texts, settings, loss_fn, f"client {pid}")
+        train(local.model, local.tokenizer, texts, settings, loss_fn, f"client {client}")
     new = local.get()
     if poisoned:
         new = {n: arrays[n] + config.attack_boost * (new[n] - arrays[n]) for n in new}
-    return new, len(rows)
+    return new
 
 
 def _param_name(local: Local, array_name: str) -> str:
@@ -185,16 +205,19 @@ def client_app(dp: bool) -> Any:
 # the server
 
 
-def _strategy(config: FederateConfig) -> Any:
+def _strategy(config: FederateConfig, deployed: bool) -> Any:
     from flwr.serverapp import strategy as st
 
+    # Simulation: min_train_nodes = the cohort, because Flower computes the sample before all nodes registered
+    # (PR #4247). Deployment: the ServerApp waits for the whole fleet before round 1 (``learn.deploy``), then
+    # samples from whoever is alive, so that a device lost mid-run shrinks the next cohort instead of stalling it.
+    floor = 1 if deployed else config.per_round
     common: dict[str, Any] = {
         "fraction_train": config.per_round / config.clients,
         "fraction_evaluate": 0.0,  # evaluation is central, on the server's held-out rows
-        # min_train_nodes = the cohort: Flower computes the sample before all nodes registered (PR #4247)
-        "min_train_nodes": config.per_round,
+        "min_train_nodes": floor,
         "min_evaluate_nodes": 0,
-        "min_available_nodes": config.clients,
+        "min_available_nodes": 1 if deployed else config.clients,
     }
     expected_bad = round(config.per_round * config.poisoned)
     return {
@@ -212,22 +235,22 @@ def accuracy(local: Local, texts: list[str], labels: list[int]) -> float:
     return float(np.mean(predict_logits(local.model, local.tokenizer, texts).argmax(1) == np.asarray(labels)))
 
 
-def simulate(config: FederateConfig, workdir: Path, checkpoint: Path) -> dict[str, Any]:
-    """Run the rounds in Flower's simulation engine; returns the final arrays and what each round measured."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
-    from flwr.serverapp import Grid, ServerApp
+def serve(
+    config: FederateConfig, server: Local, grid: Any, train_config: dict[str, Any], deployed: bool
+) -> dict[str, Any]:
+    """The server's rounds on ``grid`` (simulated or deployed): the strategy wrapped by ``Guarded`` and, with DP, by
+    Flower's client-side-clipping wrapper; central evaluation after each round. Returns the final arrays, accuracy
+    per round, what each round received, the bytes on the wire and ε."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
-    from flwr.simulation import run_simulation
 
     from .guard import Guarded
     from .wire import CountingGrid
 
-    server = Local(checkpoint, config.mode, config.lora, config.seed)
     eval_texts, eval_labels = load_eval(config)
-    initial = server.get()
-    out: dict[str, Any] = {"accuracy": [], "epsilon": None}
+    out: dict[str, Any] = {"accuracy": [], "epsilon": None, "initial": server.get()}
     accountant = None
-    inner = _strategy(config)
+    inner = _strategy(config, deployed)
     if config.dp_noise is not None:
         from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
         from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
@@ -251,24 +274,39 @@ def simulate(config: FederateConfig, workdir: Path, checkpoint: Path) -> dict[st
         out["accuracy"].append(acc)
         return MetricRecord({"accuracy": acc})
 
+    counting = CountingGrid(grid)
+    result = guarded.start(
+        grid=counting,
+        initial_arrays=ArrayRecord({k: Array(v) for k, v in out["initial"].items()}),
+        num_rounds=config.rounds,
+        train_config=ConfigRecord(
+            {**train_config, "faulty": config.faulty, "uniform": config.dp_noise is not None, "round": 0}
+        ),
+        evaluate_fn=evaluate,
+        timeout=config.round_timeout,
+    )
+    out["arrays"] = {k: a.numpy() for k, a in result.arrays.items()}
+    out["rounds"] = {r: asdict(log) for r, log in guarded.rounds.items()}
+    out["wire"] = counting.per_round()
+    if accountant is not None:
+        spent = accountant.get_privacy_spent()
+        out["epsilon"], out["delta"] = float(spent.epsilon), float(spent.delta)
+    return out
+
+
+def simulate(config: FederateConfig, workdir: Path, checkpoint: Path) -> dict[str, Any]:
+    """Run the rounds in Flower's simulation engine; returns ``serve``'s result plus the time and the server model."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    server = Local(checkpoint, config.mode, config.lora, config.seed)
+    out: dict[str, Any] = {}
     app = ServerApp()
-    counting: list[CountingGrid] = []
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        train_config = ConfigRecord(
-            {"workdir": str(workdir), "faulty": config.faulty, "uniform": config.dp_noise is not None, "round": 0}
-        )
-
-        counting.append(CountingGrid(grid))
-        result = guarded.start(
-            grid=counting[0],
-            initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
-            num_rounds=config.rounds,
-            train_config=train_config,
-            evaluate_fn=evaluate,
-        )
-        out["arrays"] = {k: a.numpy() for k, a in result.arrays.items()}
+        out.update(serve(config, server, grid, {"workdir": str(workdir)}, deployed=False))
 
     t0 = time.monotonic()
     run_simulation(
@@ -283,11 +321,5 @@ def simulate(config: FederateConfig, workdir: Path, checkpoint: Path) -> dict[st
     out["seconds"] = time.monotonic() - t0
     if "arrays" not in out:
         raise ConfigError("the federated run ended without a result; see Flower's log above for the failing round")
-    out["rounds"] = {r: asdict(log) for r, log in guarded.rounds.items()}
-    out["wire"] = counting[0].per_round() if counting else {}
-    if accountant is not None:
-        spent = accountant.get_privacy_spent()
-        out["epsilon"], out["delta"] = float(spent.epsilon), float(spent.delta)
     out["server"] = server
-    out["initial"] = initial
     return out

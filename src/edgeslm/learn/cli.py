@@ -76,7 +76,9 @@ def register(app: typer.Typer) -> None:
         source: SourceArg,
         out: Annotated[Path, typer.Option("--out", help="Folder for the new bundle and federate.json.")],
         data: Annotated[str, typer.Option("--data", help="sst2, clinc150 or a file; split across the clients.")],
-        clients: Annotated[int, typer.Option("--clients", help="Simulated clients (SuperNodes).")] = 100,
+        clients: Annotated[
+            int, typer.Option("--clients", help="Simulated clients; with --superlink, the SuperNodes to wait for.")
+        ] = 100,
         per_round: Annotated[int, typer.Option("--per-round", help="Clients sampled per round.")] = 10,
         rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 5,
         alpha: Annotated[
@@ -97,16 +99,34 @@ def register(app: typer.Typer) -> None:
         secagg: Annotated[
             bool, typer.Option("--secagg", help="Secure aggregation (Flower SecAgg+): the server sees only the sum.")
         ] = False,
+        superlink: Annotated[
+            str | None,
+            typer.Option(
+                "--superlink",
+                help="HOST:PORT of a Flower SuperLink: train on real SuperNodes instead of simulating (run this "
+                "on the SuperLink's host; --data is then only the central evaluation set).",
+            ),
+        ] = None,
+        superlink_ca: Annotated[
+            Path | None,
+            typer.Option("--superlink-ca", help="CA certificate (PEM) of the SuperLink; needed off this machine."),
+        ] = None,
         checkpoint: CheckpointOpt = None,
         force: ForceOpt = False,
     ) -> None:
-        """Federated fine-tuning of the student on Flower (simulation); the result becomes a new bundle in OUT.
+        """Federated fine-tuning of the student on Flower; the result becomes a new bundle in OUT.
 
-        Clients train on Dirichlet non-IID splits; updates with NaN or the wrong shapes are rejected and counted;
-        with --dp-noise, updates are clipped on the client and noised on the server, and ε is reported; with
-        --secagg (FedAvg only, not with DP), SecAgg+ masks every update so that the server learns only their sum.
+        Simulated clients train on Dirichlet non-IID splits of --data; updates with NaN or the wrong shapes are
+        rejected and counted; with --dp-noise, updates are clipped on the client and noised on the server, and ε is
+        reported; with --secagg (FedAvg only, not with DP), SecAgg+ masks every update so that the server learns
+        only their sum.
+
+        With --superlink, real devices take part: each runs Flower's `flower-supernode --superlink HOST:PORT
+        --node-config "data='rows.csv' student='build/'"` with its own rows and its copy of the build, and the
+        run starts once --clients of them are connected.
         """
         from ..recipe import DataConfig
+        from .deploy import SuperLink
         from .federate import FederateConfig
         from .federate import federate as run
         from .lora import LoraSpec
@@ -125,7 +145,8 @@ def register(app: typer.Typer) -> None:
             dp_clip=dp_clip,
             secagg=secagg,
         )
-        result = run(source, out, config, checkpoint=checkpoint, force=force)
+        link = SuperLink(superlink, superlink_ca) if superlink else None
+        result = run(source, out, config, checkpoint=checkpoint, force=force, superlink=link)
         s = result.summary
         console.print(
             f"wrote {result.bundle}: accuracy {s['accuracy'][0]:.4f} -> {s['accuracy'][-1]:.4f} over {rounds} rounds, "

@@ -24,6 +24,7 @@ from .lora import LoraSpec
 
 if TYPE_CHECKING:
     from .apps import Local
+    from .deploy import SuperLink
 
 __all__ = ["STRATEGIES", "FederateConfig", "FederateResult", "federate"]
 
@@ -58,12 +59,22 @@ class FederateConfig:
     secagg_shares: int = 3  # SecAgg+ key shares per client (itself + neighbours); more tolerate more drop-outs
     secagg_threshold: int = 2  # shares needed to rebuild a dropped client's mask; < secagg_shares
     secagg_clip: float = 8.0  # SecAgg+ clips every travelling value to [-clip, clip] before quantizing (2^22 levels)
+    round_timeout: float = 600.0  # seconds a round waits for replies; a device that never answers counts as failed
     eval_rows: int = 1000  # central evaluation rows per round (a fixed random subset of the eval split)
     workers: int = 2  # Ray actors running client apps at once (one CPU each)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("clients", "per_round", "rounds", "batch_size", "local_epochs", "eval_rows", "workers"):
+        for name in (
+            "clients",
+            "per_round",
+            "rounds",
+            "batch_size",
+            "local_epochs",
+            "eval_rows",
+            "workers",
+            "round_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"`{name}` must be > 0, got {getattr(self, name)}")
         if self.per_round > self.clients:
@@ -130,20 +141,30 @@ class FederateResult:
 
 
 def federate(
-    source: Path, out: Path, config: FederateConfig, *, checkpoint: Path | None = None, force: bool = False
+    source: Path,
+    out: Path,
+    config: FederateConfig,
+    *,
+    checkpoint: Path | None = None,
+    force: bool = False,
+    superlink: SuperLink | None = None,
 ) -> FederateResult:
     """Run ``config.rounds`` federated rounds over ``source``'s student; write ``out/bundle`` (a new bundle version),
     ``out/adapter`` (LoRA mode: the federated adapter, bound to the base bundle, shippable as a delta) and
-    ``out/federate.json`` (accuracy per round, bytes per client per round, rejected updates, ε)."""
+    ``out/federate.json`` (accuracy per round, bytes per client per round, rejected updates, ε).
+
+    Without ``superlink`` the clients are simulated on Dirichlet splits of ``config.data``; with it, real SuperNodes
+    train on their own rows (``learn.deploy``) and ``config.data`` serves only the central evaluation."""
     from .._fs import atomic_dir, write_json
     from ..data import load_dataset
-    from .apps import simulate
     from .lora import resolve_student
     from .partition import partition
 
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(f"output `{out}` already exists; choose another path or pass --force to replace it")
+    if superlink is not None:
+        _check_deployable(config)
     student = resolve_student(Path(source), checkpoint)
     ds = load_dataset(config.data)
     unknown = set(ds.label_names) - set(student.checkpoint.labels)
@@ -152,15 +173,21 @@ def federate(
             f"dataset `{ds.name}` has labels {sorted(ds.label_names)[:4]}…, the student "
             f"{list(student.checkpoint.labels)[:4]}…; federate on the data the student was built for"
         )
-    parts = partition(ds.train.labels, config.clients, config.alpha, config.seed)
+    parts = partition(ds.train.labels, config.clients, config.alpha, config.seed) if superlink is None else []
     with tempfile.TemporaryDirectory(prefix="edgeslm-federate-") as work:
         workdir = Path(work)
         config_dict = prepare_workdir(workdir, config, student.checkpoint.path, parts)
-        if config.secagg:
+        if superlink is not None:
+            from .deploy import run_deployed
+
+            sim = run_deployed(config, workdir, student.checkpoint.path, student.manifest_sha256, superlink)
+        elif config.secagg:
             from .secagg import simulate as simulate_secagg
 
             sim = simulate_secagg(config, workdir, student.checkpoint.path)
         else:
+            from .apps import simulate
+
             sim = simulate(config, workdir, student.checkpoint.path)
     server: Local = sim["server"]
     server.set(sim["arrays"])
@@ -180,11 +207,15 @@ def federate(
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "epsilon": sim["epsilon"],
         "delta": sim.get("delta"),
-        "partition_sizes": {
+        "engine": "deployment" if superlink else "simulation",
+        "superlink": superlink.address if superlink else None,
+        "partition_sizes": {  # simulation only: deployed devices keep their own rows
             "min": int(min(map(len, parts))),
             "median": float(np.median([len(p) for p in parts])),
             "max": int(max(map(len, parts))),
-        },
+        }
+        if parts
+        else None,
     }
     with atomic_dir(out, force=force) as tmp:
         if config.mode == "lora":
@@ -196,13 +227,28 @@ def federate(
     return FederateResult(out / "bundle", summary)
 
 
+def _check_deployable(config: FederateConfig) -> None:
+    """What only the simulation can do is refused on real devices, by name."""
+    if config.poisoned or config.faulty:
+        raise ConfigError(
+            "--poisoned and fault injection are simulated attacks (the server picks who misbehaves); "
+            "they do not run on a real fleet: drop them with --superlink"
+        )
+    if config.secagg:
+        raise ConfigError(
+            "--secagg runs in simulation only here: Flower 1.42's SecAgg+ is a legacy-API workflow that the "
+            "deployed edgeslm apps do not use; drop --secagg or --superlink"
+        )
+
+
 def prepare_workdir(workdir: Path, config: FederateConfig, checkpoint: Path, parts: list[np.ndarray]) -> dict[str, Any]:
     """What every client reads (``apps._client_state``): the run's settings, the student, each client's rows."""
     from .._fs import write_json
 
     config_dict = asdict(config)
     write_json(workdir / "setup.json", {"config": config_dict, "checkpoint": str(Path(checkpoint).resolve())})
-    np.savez(workdir / "partitions.npz", *parts)  # arr_0, arr_1, ... in client order
+    if parts:
+        np.savez(workdir / "partitions.npz", *parts)  # arr_0, arr_1, ... in client order
     return config_dict
 
 
@@ -271,9 +317,11 @@ def _wire(per_round: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rounds = [w for r, w in per_round.items() if r.isdigit() and int(r) > 0]
     if not rounds:
         return {}
+    # medians over the clients that answered with content: a device lost mid-round sent nothing up
+    ups = [[u for u in w["up"] if u] or [0] for w in rounds]
     return {
         "down_bytes_per_client_round": int(np.median([np.median(w["down"]) for w in rounds])),
-        "up_bytes_per_client_round": int(np.median([np.median(w["up"]) for w in rounds])),
+        "up_bytes_per_client_round": int(np.median([np.median(u) for u in ups])),
         "exchanges_per_round": int(max(w["exchanges"] for w in rounds)),
         "per_round": per_round,
     }

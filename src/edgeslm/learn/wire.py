@@ -46,8 +46,12 @@ class CountingGrid(Grid):
             entry[0] += _size(msg)
             entry[2] += 1
         replies = list(self.grid.send_and_receive(sent, timeout=timeout))
+        # the grid stamped each sent message with its id; a reply names it. An error reply for a node that vanished
+        # comes from the SuperLink (src 0), so the node it answers for is the one the request went to.
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
         for msg in replies:
-            self.bytes[msg.metadata.group_id or str(self._batches)][msg.metadata.src_node_id][1] += _size(msg)
+            node = asked.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            self.bytes[msg.metadata.group_id or str(self._batches)][node][1] += _size(msg)
         return replies
 
     def per_round(self) -> dict[str, dict[str, Any]]:
