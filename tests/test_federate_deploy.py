@@ -117,3 +117,26 @@ def test_cli_refuses_simulated_attacks_on_a_real_fleet(learn_build: Path, tmp_pa
     result = CliRunner().invoke(app, [*args, "--per-round", "3", "--poisoned", "0.3", "--superlink", "127.0.0.1:9"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "--poisoned and fault injection are simulated attacks" in result.output
+
+
+def test_a_device_refuses_a_run_for_another_student_or_foreign_labels(
+    learn_build: Path, tiny_data: DataConfig, tmp_path: Path
+) -> None:
+    import hashlib
+    from dataclasses import asdict
+
+    from edgeslm.errors import DataError
+    from edgeslm.learn.deploy import _device_state
+
+    rows = _device_files(tiny_data, tmp_path, 1)[0]
+    config = asdict(FederateConfig(data=tiny_data, clients=2, per_round=2))
+    other = json.dumps({"config": config, "base_bundle_manifest_sha256": "0" * 64})
+    with pytest.raises(ConfigError, match="is not the one the run federates"):
+        _device_state(str(learn_build), str(rows), other)
+    mine = hashlib.sha256((learn_build / "bundle" / "manifest.json").read_bytes()).hexdigest()
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("text,label\nwake me at seven,alarm\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"labels \['alarm'\] in .* are not among the student's labels"):
+        _device_state(
+            str(learn_build), str(foreign), json.dumps({"config": config, "base_bundle_manifest_sha256": mine})
+        )
