@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from .executorch import ETConfig
 
 __all__ = ["FORMATS", "register"]
 
@@ -36,7 +39,14 @@ def register(app: typer.Typer) -> None:
         onnx: Annotated[
             Path | None, typer.Option("--onnx", help="Folder with model.onnx to compare with [default: the bundle].")
         ] = None,
-        int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write the full-integer INT8 model.")] = True,
+        int8: Annotated[
+            bool,
+            typer.Option(
+                "--int8/--no-int8",
+                help="Also write the INT8 model: tflite full-integer; executorch int8 linears and matmuls (XNNPACK "
+                "PT2E); coreml int8 weights.",
+            ),
+        ] = True,
         calibration_rows: Annotated[int, typer.Option(help="Train sentences that calibrate INT8.")] = 200,
         check_rows: Annotated[int, typer.Option(help="Dev sentences for agreement and latency (0: skip).")] = 200,
         micro_rows: Annotated[
@@ -50,8 +60,9 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--bundle-out",
-                help="tflite from a bundle: also write that bundle + the .tflite and its table, its manifest's "
-                "extra.runtimes listing each runtime's files (unsigned: sign it again).",
+                help="SRC a bundle (tflite, executorch, coreml): also write that bundle + the converted model (the "
+                "INT8 one when written; an .mlpackage as a stored .zip), its manifest's extra.runtimes listing each "
+                "runtime's files and checks (unsigned: sign it again).",
             ),
         ] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
@@ -63,12 +74,14 @@ def register(app: typer.Typer) -> None:
 
         if format not in FORMATS:
             raise ConfigError(f"unknown --format `{format}`; choose one of: {', '.join(FORMATS)}")
+        if bundle_out is not None and format == "c-array":
+            raise ConfigError("--bundle-out takes tflite, executorch or coreml; a C array is compiled in, not carried")
+        if bundle_out is not None and not (src / "manifest.json").is_file():
+            raise ConfigError(f"--bundle-out needs a bundle as SRC; `{src}` has no manifest.json")
         if format == "tflite":
             config = TFLiteConfig(
                 int8=int8, calibration_rows=calibration_rows, check_rows=check_rows, micro=micro, micro_rows=micro_rows
             )
-            if bundle_out is not None and not (src / "manifest.json").is_file():
-                raise ConfigError(f"--bundle-out needs a bundle as SRC; `{src}` has no manifest.json")
             folder = export_tflite(src, out, config, onnx=onnx, force=force)
             if bundle_out is not None:
                 from .carry import bundle_with_tflite
@@ -82,16 +95,23 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {folder}")
             return
         if format in ("executorch", "coreml"):
-            _executorch_or_coreml(src, out, format, onnx, check_rows, force)
+            from .executorch import ETConfig
+
+            et = ETConfig(check_rows=check_rows, int8=int8, calibration_rows=calibration_rows)
+            folder = _executorch_or_coreml(src, out, format, onnx, et, force)
+            if bundle_out is not None:
+                from .carry import bundle_with_coreml, bundle_with_executorch
+
+                carry = bundle_with_coreml if format == "coreml" else bundle_with_executorch
+                console.print(f"wrote {carry(src, folder, bundle_out, force=force)} (unsigned)")
             return
         _c_array(src, out, int8, calibration_rows, micro_rows, force)
 
     def _executorch_or_coreml(
-        src: Path, out: Path, format: str, onnx: Path | None, check_rows: int, force: bool
-    ) -> None:
-        from .executorch import ETConfig, export_coreml, export_executorch
+        src: Path, out: Path, format: str, onnx: Path | None, config: ETConfig, force: bool
+    ) -> Path:
+        from .executorch import export_coreml, export_executorch
 
-        config = ETConfig(check_rows=check_rows)
         if format == "coreml":
             folder = export_coreml(src, out, config, force=force)
             report = json.loads((folder / "coreml.json").read_text())
@@ -99,14 +119,18 @@ def register(app: typer.Typer) -> None:
                 console.print(
                     f"{side}: " + ", ".join(f"{f['name']} {f.get('shape')} {f.get('dtype')}" for f in report[side])
                 )
-            console.print(f"model.mlpackage: {report['files']['model.mlpackage'] / 1e6:.2f} MB; {report['prediction']}")
+            for name, size in report["files"].items():
+                console.print(f"{name}: {size / 1e6:.2f} MB")
+            console.print(report["prediction"])
         else:
             folder = export_executorch(src, out, config, onnx=onnx, force=force)
             report = json.loads((folder / "executorch.json").read_text())
-            console.print(f"model.pte: {report['files']['model.pte'] / 1e6:.2f} MB")
+            for name, size in report["files"].items():
+                console.print(f"{name}: {size / 1e6:.2f} MB")
             for name, run in ((report.get("check") or {}).get("runs") or {}).items():
                 console.print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in run.items()))
         console.print(f"wrote {folder}")
+        return folder
 
     def _c_array(src: Path, out: Path, int8: bool, calibration_rows: int, micro_rows: int, force: bool) -> None:
         import numpy as np
