@@ -428,98 +428,10 @@ def eval_(
     console.print(table)
 
 
-@app.command()
-@_friendly
-def predict(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder (from `edgeslm build`).")],
-    texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print labels and every score as JSON.")] = False,
-    trusted: Annotated[
-        list[Path] | None, typer.Option("--trusted", help="Public key (from `edgeslm keygen`); repeat for several.")
-    ] = None,
-) -> None:
-    """Step 6: classify texts with the torch-free runtime (the bundle is verified before it loads).
-
-    With --trusted, the bundle must also carry a manifest.sig by one of those keys.
-    """
-    from .runtime import Predictor
-
-    keys = None
-    if trusted:
-        from .secure.signing import load_public_key
-
-        keys = [load_public_key(k) for k in trusted]
-    preds = Predictor(bundle, trusted_keys=keys).predict(texts)
-    if as_json:
-        print(
-            json.dumps(
-                [
-                    {"text": t, "label": p.label, "score": p.score, "scores": p.scores}
-                    for t, p in zip(texts, preds, strict=True)
-                ],
-                indent=2,
-            )
-        )
-        return
-    for text, p in zip(texts, preds, strict=True):
-        console.print(f"[bold]{p.label}[/bold] {p.score:.3f}  {text}", highlight=False)
-
-
-@app.command()
-@_friendly
-def devices() -> None:
-    """List the device profiles `--device` accepts."""
-    from .devices import known_devices
-
-    table = Table(title="device profiles (budgets for the model; `nan` speed = no published source)")
-    for col in ("name", "class", "description", "RAM MB", "storage MB", "runtimes", "speed vs host", "sources"):
-        table.add_column(col)
-    for name, d in known_devices().items():
-        speed = "no source" if d["speed_factor"] != d["speed_factor"] else f"{d['speed_factor']:g}x"  # nan: a gap
-        table.add_row(
-            name,
-            d["class"],
-            d["description"],
-            f"{d['ram_mb']:g}",
-            f"{d['storage_mb']:g}",
-            ", ".join(d["runtimes"]),
-            speed,
-            str(len(d["sources"])),
-        )
-    console.print(table)
-
-
-@app.command()
-@_friendly
-def fit(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder (from `edgeslm build`).")],
-    device: Annotated[str, typer.Option("--device", help="Device profile name (see `edgeslm devices`).")],
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per text for the activation memory.")] = 128,
-) -> None:
-    """Does the bundle fit the device? Storage, RAM (weights + activation peak from the graph), runtime, dtype."""
-    from .fit import fit as run_fit
-
-    profile, lines = run_fit(bundle, device, seq_len)
-    table = Table(title=f"{bundle} on {device}: {profile['description']}")
-    for col in ("check", "need", "budget", "margin", "result"):
-        table.add_column(col)
-    for line in lines:
-        result = "[green]pass[/green]" if line.ok else "n/a" if line.ok is None else "[red]FAIL[/red]"
-        table.add_row(line.check, line.need, line.budget, line.margin, result)
-    console.print(table)
-    if (bundle / "tflite.json").is_file():
-        console.print("Flash and arena exclude TFLite Micro's own code and the firmware's other RAM.")
-    else:
-        console.print("RAM excludes the runtime's own code and heap (onnxruntime itself needs tens of MB on a CPU).")
-    failed = [line.check for line in lines if line.ok is False]
-    if failed:
-        err.print(f"[red]does not fit {device}:[/red] {'; '.join(failed)}", highlight=False)
-        raise typer.Exit(1)
-
-
 # Command groups that live beside their code. Each module defines `register(app: typer.Typer) -> None` and
 # imports its heavy libraries inside the commands, so `edgeslm --help` stays fast.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "edgeslm.devices.cli",
     "edgeslm.secure.cli",
     "edgeslm.ota.cli",
     "edgeslm.runtime.cli",

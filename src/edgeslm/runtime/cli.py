@@ -1,4 +1,4 @@
-"""The device runtime's commands: serve, doctor, telemetry, embed, embed-build, index, search, summarize.
+"""The device runtime's commands: predict, serve, doctor, telemetry, embed, embed-build, index, search, summarize.
 
 Heavy imports (fastapi, uvicorn, onnxruntime) happen inside the commands, so `edgeslm --help` stays fast.
 """
@@ -74,6 +74,42 @@ def _read_collection(path: Path) -> list[str]:
 
 def register(app: typer.Typer) -> None:
     from ..cli import _friendly, console
+
+    @app.command()
+    @_friendly
+    def predict(
+        bundle: Annotated[Path, typer.Argument(help="Bundle folder (from `edgeslm build`).")],
+        texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print labels and every score as JSON.")] = False,
+        trusted: Annotated[
+            list[Path] | None, typer.Option("--trusted", help="Public key (from `edgeslm keygen`); repeat for several.")
+        ] = None,
+    ) -> None:
+        """Step 6: classify texts with the torch-free runtime (the bundle is verified before it loads).
+
+        With --trusted, the bundle must also carry a manifest.sig by one of those keys.
+        """
+        from .predictor import Predictor
+
+        keys = None
+        if trusted:
+            from ..secure.signing import load_public_key
+
+            keys = [load_public_key(k) for k in trusted]
+        preds = Predictor(bundle, trusted_keys=keys).predict(texts)
+        if as_json:
+            print(
+                json.dumps(
+                    [
+                        {"text": t, "label": p.label, "score": p.score, "scores": p.scores}
+                        for t, p in zip(texts, preds, strict=True)
+                    ],
+                    indent=2,
+                )
+            )
+            return
+        for text, p in zip(texts, preds, strict=True):
+            console.print(f"[bold]{p.label}[/bold] {p.score:.3f}  {text}", highlight=False)
 
     @app.command()
     @_friendly
