@@ -22,11 +22,13 @@ def _free_port() -> int:
 
 
 class LocalFleet:
-    """``node_configs[i]`` is SuperNode i's ``--node-config`` (e.g. ``data='rows.csv' student='build/'``)."""
+    """``node_configs[i]`` is SuperNode i's ``--node-config`` (e.g. ``data='rows.csv' student='build/'``);
+    ``tls`` (cert, key): the SuperLink serves TLS with that self-signed certificate, which the nodes trust."""
 
-    def __init__(self, work: Path, node_configs: list[str]) -> None:
+    def __init__(self, work: Path, node_configs: list[str], tls: tuple[Path, Path] | None = None) -> None:
         self.work = Path(work)
         self.node_configs = node_configs
+        self.tls = tls
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -53,9 +55,12 @@ class LocalFleet:
 
     def __enter__(self) -> LocalFleet:
         self.work.mkdir(parents=True, exist_ok=True)
-        self._start(
-            "superlink", ["flower-superlink", "--insecure", "--port", str(self.port), "--database", ":flwr-in-memory:"]
-        )
+        secure = ["--insecure"]
+        if self.tls:
+            cert, key = self.tls
+            secure = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-ca-certfile", str(cert)]
+        link = ["flower-superlink", *secure, "--port", str(self.port), "--database", ":flwr-in-memory:"]
+        self._start("superlink", link)
         deadline = time.monotonic() + 60
         while True:  # the SuperLink is up when its port accepts a connection
             try:
@@ -71,7 +76,7 @@ class LocalFleet:
                 f"node{i}",
                 [
                     "flower-supernode",
-                    "--insecure",
+                    *(["--root-certificates", str(self.tls[0])] if self.tls else ["--insecure"]),
                     "--superlink",
                     self.address,
                     "--port",

@@ -140,3 +140,17 @@ def test_a_device_refuses_a_run_for_another_student_or_foreign_labels(
         _device_state(
             str(learn_build), str(foreign), json.dumps({"config": config, "base_bundle_manifest_sha256": mine})
         )
+
+
+def test_a_tls_superlink_is_reached_with_its_ca_and_a_fleet_that_never_comes_is_reported(
+    learn_build: Path, tiny_data: DataConfig, tmp_path: Path
+) -> None:
+    from edgeslm.cloud.tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    config = FederateConfig(data=tiny_data, clients=1, per_round=1, rounds=1, eval_rows=20)
+    with LocalFleet(tmp_path / "fleet", [], tls=(cert, key)) as fleet:
+        link = SuperLink(fleet.address, root_ca=cert, wait_for_fleet=5)
+        with pytest.raises(ConfigError, match="only 0 of 1 SuperNodes connected within 5 s"):
+            federate(learn_build, tmp_path / "out", config, superlink=link)
+    assert fleet.alive() == [] and not (tmp_path / "out").exists()

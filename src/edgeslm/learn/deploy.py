@@ -25,7 +25,8 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,6 @@ client_app = _client_app()
 
 def _main(grid: Grid, context: Context) -> None:
     """Wait for the fleet, run the rounds (``apps.serve``), leave the result in the run's work folder."""
-    import time
-
     from .._fs import write_bytes, write_json
 
     setup = json.loads(str(context.run_config["setup"]))
@@ -222,16 +221,12 @@ def run_deployed(
 ) -> dict[str, Any]:
     """Submit the run to ``link`` with `flwr run`, stream its log, and return what the ServerApp wrote (the same
     keys as ``apps.simulate``)."""
-    import time
-
     from .._fs import write_bytes
 
     _reachable(link)
     app = workdir / "app"
     app.mkdir()
     (app / "pyproject.toml").write_text(_PYPROJECT, encoding="utf-8")
-    from dataclasses import asdict
-
     setup = {
         "config": asdict(config),
         "workdir": str(workdir.resolve()),
@@ -243,21 +238,21 @@ def run_deployed(
     write_bytes(workdir / "run.toml", f"setup = {json.dumps(json.dumps(setup))}\n".encode())
     home = workdir / "flwr-home"
     home.mkdir()
-    tls = f'root-certificates = "{Path(link.root_ca).resolve()}"\n' if link.root_ca else "insecure = true\n"
+    tls = f"root-certificates = {json.dumps(str(Path(link.root_ca).resolve()))}" if link.root_ca else "insecure = true"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "edgeslm"\n\n[superlink.edgeslm]\naddress = "{link.address}"\n{tls}',
+        f'[superlink]\ndefault = "edgeslm"\n\n[superlink.edgeslm]\naddress = {json.dumps(link.address)}\n{tls}\n',
         encoding="utf-8",
     )
     flwr = Path(sys.executable).parent / "flwr"
     cmd = [str(flwr), "run", str(app), "edgeslm", "--run-config", str(workdir / "run.toml"), "--stream"]
     env = {**os.environ, "FLWR_HOME": str(home)}
     t0 = time.monotonic()
-    lines: list[str] = []
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # Flower's own log of the run: rounds, replies, failures
-            lines.append(line.rstrip())
-            print(line, end="", flush=True)
+    for attempt in range(3):  # a busy SuperLink can miss the CLI's first connection; nothing was submitted then
+        lines = _flwr_run(cmd, env)
+        submitted = any("Successfully started run" in line for line in lines)
+        if submitted or not any("unavailable" in line for line in lines):
+            break
+        time.sleep(2.0 * (attempt + 1))
     if not (workdir / RESULT_JSON).is_file():
         tail = "\n".join(lines[-8:])
         raise ConfigError(f"the run on the SuperLink {link.address} ended without a result; `flwr run` said:\n{tail}")
@@ -270,6 +265,17 @@ def run_deployed(
     out["server"] = server
     out["wall_seconds"] = time.monotonic() - t0
     return out
+
+
+def _flwr_run(cmd: list[str], env: dict[str, str]) -> list[str]:
+    """Run `flwr run`, echoing Flower's own log of the run (rounds, replies, failures); return its lines."""
+    lines: list[str] = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            print(line, end="", flush=True)
+    return lines
 
 
 def _reachable(link: SuperLink) -> None:
