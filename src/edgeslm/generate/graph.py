@@ -2,10 +2,14 @@
 
 Why our own graph and not onnxruntime-genai's builder: the builder takes a float checkpoint and re-quantizes it, which
 costs +22% perplexity on this already-4-bit model, and its asymmetric mode does not load (research note, A2). Here every
-Q4_1 block goes into onnxruntime's ``MatMulNBits`` unchanged: codes 0..15 with zero point 0 and the block's scale,
-plus the block minimum as a small float correction, ``sum_k m_b * x_k`` = (block sums of x) @ mins. A float zero
-point would be exact too, but onnxruntime's CPU kernel dequantizes the whole matrix on every call when zero points
-are float (20x slower, measured), while the 4-bit kernel with uint8 zero points runs int8 dot products.
+Q4_1 block (weight = d * q + m, codes q 0..15) goes into onnxruntime's ``MatMulNBits`` with its codes and scale d
+unchanged. MatMulNBits only takes integer zero points (float ones make the CPU kernel dequantize the whole matrix on
+every call, 20x slower, measured), so the block minimum is split: zero point z = round(-m / d), which the int8 kernel
+applies for free, and the residual r = m + d * z (at most d/2) times the block's input sum, carried by the same
+MatMulNBits call as extra input columns: x is extended with its 32-wide block sums and each weight row with its
+residuals, 4-bit quantized. One kernel call per matrix instead of a MatMulNBits, a float MatMul of the minimums and an
+Add (708 -> 588 nodes): decode +5-7% on SmolLM2-135M at one thread, perplexity +0.15% (the residual's 4-bit
+rounding). Dropping r costs +20% perplexity; dropping it from one matrix kind only, +1.5% (o) to +6.8% (down).
 
 Inputs: ``input_ids`` [b, s], ``attention_mask`` [b, past + s], ``logits_to_keep`` [1] (1 while generating, s for
 perplexity) and ``past.{i}.key/value`` [b, kv_heads, past, head_dim]. Outputs ``logits`` [b, keep, vocab] and
@@ -28,10 +32,12 @@ from .gguf_weights import Blocks, LlamaWeights
 
 __all__ = ["PRECISIONS", "build_decoder", "io_names"]
 
-# int4: the file's Q4_1 blocks transcoded exactly; int4-asym / int4-rtn: the dequantized weights re-quantized
-# (asymmetric with zero points / symmetric), kept to measure what transcoding saves.
+# int4: the file's Q4_1 codes and scales kept (only the block minimum's remainder is rounded); int4-asym /
+# int4-rtn: the dequantized weights re-quantized (asymmetric with zero points / symmetric), kept to measure what
+# transcoding saves.
 PRECISIONS = ("int4", "int8", "int4-asym", "int4-rtn", "fp32")
 _BLOCK = 32
+_TABLE_BLOCK = 64  # the 8-bit token table's block (see _table)
 
 
 def io_names(num_layers: int) -> tuple[list[str], list[str]]:
@@ -67,56 +73,92 @@ class _Graph:
         return self.op(op_type, inputs, 1, domain, **attrs)[0]
 
     # -- linear layers ------------------------------------------------------------------------------------------
-    def linear(self, x: str, w: Blocks, name: str, blocksum: dict[str, str]) -> str:
-        """x [.., K] @ w.T -> [.., N] in this graph's precision."""
-        k = w.shape[1]
+    def linear(self, x: str, w: Blocks, name: str, extended: dict[str, str]) -> str:
+        """x [.., K] @ w.T -> [.., N] in this graph's precision. ``extended`` caches, per input, the input with its
+        block sums appended, so matrices that read the same x (none after the q|k|v and gate|up fusions) share it."""
         if self.precision == "fp32":
             return self.one("MatMul", [x, self.const(f"{name}.weight", w.dequantize().T.copy())])
         if self.precision == "int4" and w.kind == "Q4_1":
-            assert w.codes is not None and w.scales is not None and w.mins is not None
-            y = self._nbits(x, name, _pack4(w.codes), w.scales, 4)  # default zero point 8: d * (q - 8)
-            if x not in blocksum:  # sums of x over each 32-wide block, one MatMul by a 0/1 [K, K/32] matrix, shared
-                ones = f"blockones.{k}"  # by every matrix that reads x (fewer nodes than Reshape + ReduceSum)
-                if ones not in self._consts:
-                    self.const(ones, np.kron(np.eye(k // _BLOCK, dtype=np.float32), np.ones((_BLOCK, 1), np.float32)))
-                blocksum[x] = self.one("MatMul", [x, ones])
-            mins = self.const(f"{name}.mins", (w.mins + 8.0 * w.scales).T.copy())  # [K/32, N]: m + 8d
-            return self.one("Add", [y, self.one("MatMul", [blocksum[x], mins])])
+            return self._q4_1(x, w, name, extended)
         if w.kind == "Q8_0" and self.precision != "int4-rtn":  # already 8-bit: keep its blocks (zero point 128)
             assert w.codes is not None and w.scales is not None
             return self._nbits(x, name, w.codes, w.scales, 8)
         bits = 8 if self.precision == "int8" else 4
         codes, scales, zero = _rtn(w.dequantize(), bits, symmetric=self.precision == "int4-rtn")
-        return self._nbits(x, name, codes if bits == 8 else _pack4(codes), scales, bits, zero=zero)
+        return self._nbits(x, name, codes, scales, bits, zero=zero)
+
+    def _q4_1(self, x: str, w: Blocks, name: str, extended: dict[str, str]) -> str:
+        """A Q4_1 matrix as one MatMulNBits over [x, block sums of x]: codes and scales as stored, zero point
+        round(-m/d), and the residual minimum (m + d * zero point) as extra 4-bit columns (see the module doc)."""
+        assert w.codes is not None and w.scales is not None and w.mins is not None
+        d, m = w.scales, w.mins
+        safe = np.where(d > 0, d, 1.0)
+        zero = np.where(d > 0, np.clip(np.round(-m / safe), 0, 15), 8).astype(np.uint8)
+        n, k = w.shape
+        nb = k // _BLOCK
+        cols = -(-nb // _BLOCK) * _BLOCK  # the block sums padded to whole 32-wide blocks (unpadded K runs slower)
+        if x not in extended:  # [x, x @ ones]: the 0/1 [K, cols] matrix sums each 32-wide block (zeros as padding)
+            ones = f"blockones.{k}"
+            if ones not in self._consts:
+                mat = np.zeros((k, cols), np.float32)
+                mat[:, :nb] = np.kron(np.eye(nb, dtype=np.float32), np.ones((_BLOCK, 1), np.float32))
+                self.const(ones, mat)
+            extended[x] = self.one("Concat", [x, self.one("MatMul", [x, ones])], axis=-1)
+        residual = np.zeros((n, cols), np.float32)
+        residual[:, :nb] = m + zero * d  # w = d * (q - zero) + residual
+        rcodes, rscales, rzero = _rtn(residual, 4, symmetric=False)
+        assert rzero is not None
+        return self._nbits(
+            extended[x],
+            name,
+            np.concatenate([w.codes, rcodes], axis=1),
+            np.concatenate([d, rscales], axis=1),
+            4,
+            zero=np.concatenate([zero, rzero], axis=1),
+        )
 
     def _nbits(
-        self, x: str, name: str, b: np.ndarray, scales: np.ndarray, bits: int, zero: np.ndarray | None = None
+        self,
+        x: str,
+        name: str,
+        codes: np.ndarray,
+        scales: np.ndarray,
+        bits: int,
+        zero: np.ndarray | None = None,
     ) -> str:
-        n, nb = scales.shape
-        inputs = [x, self.const(f"{name}.q{bits}", b), self.const(f"{name}.scales", scales.astype(np.float32))]
+        """MatMulNBits over [N, K/block, block] codes, [N, K/block] scales and (optional) zero points."""
+        n, nb, block = codes.shape
+        packed = _pack4(codes) if bits == 4 else codes
+        inputs = [x, self.const(f"{name}.q{bits}", packed), self.const(f"{name}.scales", scales.astype(np.float32))]
         if zero is not None:
-            inputs.append(self.const(f"{name}.zero", zero))
+            inputs.append(self.const(f"{name}.zero", (_pack4(zero) if bits == 4 else zero).reshape(-1)))
         return self.one(
             "MatMulNBits",
             inputs,
             domain="com.microsoft",
-            K=nb * _BLOCK,
+            K=nb * block,
             N=n,
             bits=bits,
-            block_size=_BLOCK,
+            block_size=block,
             accuracy_level=self.accuracy_level,
         )
 
 
 def _pack4(codes: np.ndarray) -> np.ndarray:
-    """[N, nb, 32] codes 0..15 -> [N, nb, 16] bytes, element 2i in the low nibble (MatMulNBits' layout)."""
+    """Codes 0..15 -> bytes along the last axis (padded to even), element 2i in the low nibble (MatMulNBits' layout:
+    [N, nb, 32] codes -> [N, nb, 16] bytes; [N, nb] zero points -> [N, ceil(nb/2)])."""
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], 1), codes.dtype)], axis=-1)
     return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
 
 
-def _rtn(w: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Round-to-nearest block quantization of a float [N, K] matrix; asymmetric returns MatMulNBits zero points."""
+def _rtn(
+    w: np.ndarray, bits: int, symmetric: bool, block: int = _BLOCK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Round-to-nearest block quantization of a float [N, K] matrix: [N, K/block, block] codes, [N, K/block] scales
+    and, when asymmetric, [N, K/block] zero points (0 stays exact: the range always includes it)."""
     n, k = w.shape
-    blocks = w.reshape(n, k // _BLOCK, _BLOCK)
+    blocks = w.reshape(n, k // block, block)
     top = (1 << bits) - 1
     if symmetric:  # zero point 2^(bits-1), MatMulNBits' default
         amax = np.abs(blocks).max(-1)
@@ -129,10 +171,7 @@ def _rtn(w: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndar
     scale = np.where(hi > lo, (hi - lo) / top, 1.0).astype(np.float32)
     zp = np.clip(np.round(-lo / scale), 0, top).astype(np.uint8)
     codes = np.clip(np.round(blocks / scale[..., None]) + zp[..., None], 0, top).astype(np.uint8)
-    if bits == 4:  # two zero points a byte, each row padded to whole bytes
-        zp = np.pad(zp, ((0, 0), (0, zp.shape[1] % 2)))
-        zp = zp[:, 0::2] | (zp[:, 1::2] << 4)
-    return codes, scale, zp.reshape(-1)
+    return codes, scale, zp
 
 
 def _fuse(parts: list[Blocks]) -> Blocks:
@@ -149,6 +188,21 @@ def _fuse(parts: list[Blocks]) -> Blocks:
             cat([p.mins for p in parts]),
         )
     return Blocks("F32", (n, parts[0].shape[1]), dense=np.concatenate([p.dequantize() for p in parts], axis=0))
+
+
+def _table(table: Blocks) -> Blocks:
+    """The token table as 8-bit blocks of 64 (32 if the width does not allow), whatever the file stored.
+
+    Why 64 and not the file's Q8_0 blocks of 32: a tied lm_head reads the whole table every token (49k x 576 for
+    SmolLM2, the largest matrix), and half as many float scales make decode about 3% faster for +0.04% perplexity
+    (measured, issue 9). 4-bit does not pay: +10% perplexity (blocks of 32), slower and +9% (blocks of 16).
+    """
+    k = table.shape[1]
+    block = _TABLE_BLOCK if k % _TABLE_BLOCK == 0 else _BLOCK
+    if table.kind == "Q8_0" and block == _BLOCK:
+        return table
+    codes, scales, _ = _rtn(table.dequantize(), 8, symmetric=True, block=block)
+    return Blocks("Q8_0", table.shape, codes, scales, -128.0 * scales)
 
 
 def _embedding(g: _Graph, ids: str, table: Blocks, hidden: int) -> str:
@@ -173,9 +227,8 @@ def build_decoder(weights: LlamaWeights, precision: str, max_length: int, accura
     hd = c.head_dim
     # The tied table: an lm_head of its own if the file has one, else the embedding (SmolLM2 ties them).
     embed = t["token_embd.weight"]
-    if precision != "fp32" and embed.kind != "Q8_0":  # keep the gather-from-codes path for any table type
-        codes, scales, _ = _rtn(embed.dequantize(), 8, symmetric=True)
-        embed = Blocks("Q8_0", embed.shape, codes, scales, -128.0 * scales)
+    if precision != "fp32":
+        embed = _table(embed)
     head = t.get("output.weight", embed)
     tied = head is embed and precision not in ("fp32", "int4-rtn")  # lm_head reads the embedding's 8-bit codes
     h = _embedding(g, "input_ids", embed, c.hidden_size)
@@ -204,7 +257,7 @@ def build_decoder(weights: LlamaWeights, precision: str, max_length: int, accura
     )
 
     past, present = io_names(c.num_layers)
-    blocksum: dict[str, str] = {}
+    extended: dict[str, str] = {}
     residual, normed = (
         h,
         g.one(
@@ -216,7 +269,7 @@ def build_decoder(weights: LlamaWeights, precision: str, max_length: int, accura
     )
     for i in range(c.num_layers):
         p = f"blk.{i}"
-        qkv = g.linear(normed, _fuse([t[f"{p}.attn_{n}.weight"] for n in ("q", "k", "v")]), f"{p}.qkv", blocksum)
+        qkv = g.linear(normed, _fuse([t[f"{p}.attn_{n}.weight"] for n in ("q", "k", "v")]), f"{p}.qkv", extended)
         attn = g.one(
             "GroupQueryAttention",
             [qkv, "", "", past[2 * i], past[2 * i + 1], seqlens, total, cos, sin],
@@ -228,15 +281,15 @@ def build_decoder(weights: LlamaWeights, precision: str, max_length: int, accura
             scale=float(hd**-0.5),
         )
         g.nodes[-1].output.extend([present[2 * i], present[2 * i + 1]])  # the cache, straight to graph outputs
-        o = g.linear(attn, t[f"{p}.attn_output.weight"], f"{p}.o", blocksum)
+        o = g.linear(attn, t[f"{p}.attn_output.weight"], f"{p}.o", extended)
         ffn_norm = g.const(f"{p}.ffn_norm", t[f"{p}.ffn_norm.weight"].dequantize().reshape(-1))
         normed, _, _, residual = g.op(
             "SkipSimplifiedLayerNormalization", [o, residual, ffn_norm], 4, "com.microsoft", epsilon=c.rms_eps
         )
-        gu = g.linear(normed, _fuse([t[f"{p}.ffn_gate.weight"], t[f"{p}.ffn_up.weight"]]), f"{p}.gate_up", blocksum)
+        gu = g.linear(normed, _fuse([t[f"{p}.ffn_gate.weight"], t[f"{p}.ffn_up.weight"]]), f"{p}.gate_up", extended)
         gate, up = g.op("Split", [gu, g.const(f"{p}.split", np.array([c.intermediate_size] * 2, np.int64))], 2, axis=-1)
         act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])]), up])  # SiLU(gate) * up
-        down = g.linear(act, t[f"{p}.ffn_down.weight"], f"{p}.down", blocksum)
+        down = g.linear(act, t[f"{p}.ffn_down.weight"], f"{p}.down", extended)
         nxt = f"blk.{i + 1}.attn_norm.weight" if i + 1 < c.num_layers else "output_norm.weight"
         gamma = g.const(nxt.removesuffix(".weight"), t[nxt].dequantize().reshape(-1))
         normed, _, _, residual = g.op(
@@ -248,6 +301,7 @@ def build_decoder(weights: LlamaWeights, precision: str, max_length: int, accura
     end = g.const("end", np.array([np.iinfo(np.int64).max], np.int64))
     kept = g.one("Slice", [normed, start, end, axis1])
     if tied:
+        assert embed.codes is not None
         logits_src = g.one(
             "MatMulNBits",
             [kept, "embed.q8", "embed.scales"],
@@ -255,11 +309,11 @@ def build_decoder(weights: LlamaWeights, precision: str, max_length: int, accura
             K=c.hidden_size,
             N=c.vocab_size,
             bits=8,
-            block_size=_BLOCK,
+            block_size=embed.codes.shape[-1],
             accuracy_level=accuracy_level,
         )
     else:
-        logits_src = g.linear(kept, head, "lm_head", blocksum)
+        logits_src = g.linear(kept, head, "lm_head", extended)
     g.nodes.append(helper.make_node("Identity", [logits_src], ["logits"]))
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
