@@ -89,10 +89,10 @@ def test_labels_through_the_stand_in_and_never_pays_twice(teacher_url: str, text
     again = label_texts(teacher_url, [*texts, "one new text"], tmp_path / "b.jsonl", cache, LabelConfig(budget=1))
     assert (again.labelled, again.requests, again.from_cache) == (6, 1, 5)  # only the new text costs a call
     # What `edgeslm build --data FILE.jsonl` reads: text and label columns (scores ride along).
-    from edgeslm.data import _read_rows
+    from edgeslm.data import read_rows
     from edgeslm.recipe import DataConfig
 
-    assert _read_rows(out, DataConfig(name=str(out)))[0] == ("a gorgeous film", "pos")
+    assert read_rows(out, DataConfig(name=str(out)))[0] == ("a gorgeous film", "pos")
 
 
 def test_budget_is_a_hard_cap_and_resumes_for_free(teacher_url: str, texts: list[str], tmp_path: Path) -> None:
