@@ -233,7 +233,8 @@ def test_serve_answers_openai_chat_completions_and_frees_an_interrupted_stream(
     from edgeslm.runtime.serve import ServeConfig, Server
 
     classifier = write_tiny_bundle(tmp_path / "clf")
-    config = ServeConfig(port=0, watch_s=0, limits=Limits(max_generations=1))
+    db = tmp_path / "telemetry.db"
+    config = ServeConfig(port=0, watch_s=0, limits=Limits(max_generations=1), telemetry=db)
     srv = Server([("clf", classifier), ("chat", tiny_llama["int4-4"])], config, log=lambda _: None)
     body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "temperature": 0}
     with srv.running() as url, httpx.Client(base_url=url, timeout=30) as client:
@@ -274,6 +275,16 @@ def test_serve_answers_openai_chat_completions_and_frees_an_interrupted_stream(
         assert r.status_code == 400 and "/v1/chat/completions" in r.json()["error"]
         assert client.get("/health").json()["models"]["chat"]["task"] == "text-generation"
         assert client.post("/", json={"inputs": "fine"}).status_code == 200  # the classifier still answers
+
+    # telemetry: one row per chat (200 answered, 499 closed by the client, errors), never the conversation
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    rows = dict(conn.execute("SELECT status, COUNT(*) FROM requests WHERE model = 'chat' GROUP BY status").fetchall())
+    assert rows == {200: 3, 499: 1}
+    assert conn.execute("SELECT COUNT(*) FROM predictions WHERE model = 'chat'").fetchone() == (0,)
+    conn.close()
+    assert all(b"hello" not in f.read_bytes() for f in tmp_path.glob("telemetry.db*"))
 
 
 def test_build_task_generate_writes_a_generative_bundle(tiny_llama: dict[str, Path], tmp_path: Path) -> None:

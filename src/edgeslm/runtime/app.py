@@ -154,18 +154,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _events(lines: Iterator[str], done: Callable[[], None]) -> AsyncIterator[str]:
+async def _events(lines: Iterator[str], done: Callable[[bool], None]) -> AsyncIterator[str]:
     """Each SSE line computed in the thread pool (decoding must not block the event loop). When the client goes
     away, the response task is cancelled here, and ``finally`` closes the generator: decoding stops and its KV cache
-    and generation slot are freed at once, not when the garbage collector gets to them."""
+    and generation slot are freed at once, not when the garbage collector gets to them. ``done(finished)`` says
+    whether the stream ran to its end."""
+    finished = False
     try:
         while (line := await run_in_threadpool(next, lines, None)) is not None:
             yield line
+        finished = True
     finally:
         close = getattr(lines, "close", None)
         if close is not None:
             close()
-        done()
+        done(finished)
 
 
 def create_app(
@@ -286,13 +289,22 @@ def create_app(
             return JSONResponse({"error": message}, status_code=429, headers={"Retry-After": "1"})
         metrics.texts.labels(loaded.name).inc()
         headers = {"X-Edgeslm-Model-Version": loaded.version}
+        start = time.perf_counter()
+
+        def record(status: int) -> None:  # one request row, no text and no labels: a chat has neither to keep
+            if telemetry is not None:
+                ms = 1000 * (time.perf_counter() - start)
+                telemetry.record(loaded.name, loaded.version, "/v1/chat/completions", ms, [], ["device"], status)
+
         if not request.stream:
             try:
-                return JSONResponse(completion(generator, request, loaded.name), headers=headers)
+                answer = JSONResponse(completion(generator, request, loaded.name), headers=headers)
             except ConfigError as e:  # e.g. the prompt and max_tokens do not fit the context
                 return _error(400, str(e))
             finally:
                 slot.release()
+            record(200)
+            return answer
         try:
             lines = completion_chunks(generator, request, loaded.name)  # checks the context before the first line
         except BaseException as e:
@@ -300,7 +312,12 @@ def create_app(
             if isinstance(e, ConfigError):
                 return _error(400, str(e))
             raise
-        return StreamingResponse(_events(lines, slot.release), media_type="text/event-stream", headers=headers)
+
+        def done(finished: bool) -> None:
+            slot.release()
+            record(200 if finished else 499)  # 499: the client closed the stream first (nginx's code for it)
+
+        return StreamingResponse(_events(lines, done), media_type="text/event-stream", headers=headers)
 
     @app.get("/health", summary="Served bundles, versions and execution providers")
     def health() -> dict[str, Any]:
