@@ -117,6 +117,9 @@ def test_cli_refuses_simulated_attacks_on_a_real_fleet(learn_build: Path, tmp_pa
     result = CliRunner().invoke(app, [*args, "--per-round", "3", "--poisoned", "0.3", "--superlink", "127.0.0.1:9"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "--poisoned and fault injection are simulated attacks" in result.output
+    dp = CliRunner().invoke(app, [*args, "--per-round", "3", "--dp-noise", "1.0", "--superlink", "127.0.0.1:9"])
+    assert dp.exit_code == 1 and "Traceback" not in dp.output
+    assert "the reported ε would be false" in dp.output
 
 
 def test_a_device_refuses_a_run_for_another_student_or_foreign_labels(

@@ -234,6 +234,11 @@ def _check_deployable(config: FederateConfig) -> None:
             "--poisoned and fault injection are simulated attacks (the server picks who misbehaves); "
             "they do not run on a real fleet: drop them with --superlink"
         )
+    if config.dp_noise is not None:
+        raise ConfigError(
+            "--dp-noise runs in simulation only here: the deployed device app does not clip its update yet, and "
+            "without that clipping the reported ε would be false; drop --dp-noise or --superlink"
+        )
     if config.secagg:
         raise ConfigError(
             "--secagg runs in simulation only here: Flower 1.42's SecAgg+ is a legacy-API workflow that the "
