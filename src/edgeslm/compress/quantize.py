@@ -126,12 +126,20 @@ def quantize(src: Path, out: Path, config: QuantizeConfig, *, force: bool = Fals
     with atomic_dir(Path(out), force=force) as tmp:
         root = logging.getLogger()
         level, root.level = root.level, logging.ERROR  # onnxruntime.quantization logs generic advice as warnings
+        # onnxruntime's quantizers write a shape-inferred copy beside their input (`model-inferred.onnx`), so they get
+        # a private copy: the step never writes into `src`, and two processes quantizing one cached export (search
+        # workers) cannot delete each other's file.
+        source = tmp / ".source" / "model.onnx"
+        source.parent.mkdir()
+        for name in ("model.onnx", "tokenizer.json"):  # the handlers calibrate with the tokenizer beside the model
+            shutil.copyfile(src / name, source.parent / name)
         try:
-            handler(src / "model.onnx", tmp / "model.onnx", config, meta)
+            handler(source, tmp / "model.onnx", config, meta)
         except Exception as e:  # onnxruntime raises plain exceptions
             raise ModelError(f"quantizing `{src}` with {type(config).__name__} failed ({e})") from e
         finally:
             root.setLevel(level)
+            shutil.rmtree(source.parent, ignore_errors=True)
         shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
         meta["quantize"] = {"method": type(config).__name__, **dataclasses.asdict(config)}
         meta["quantize"].pop("data", None)
