@@ -47,6 +47,10 @@ VARIANTS: dict[str, dict[str, object]] = {
 CLUSTERED = ("2L", "2L-h6-f768", "2L-h6-f384")
 CLUSTER = {"trim.enabled": True, "cluster.enabled": True, "cluster.epochs": 0.2, "cluster.max_minutes": 2.0}
 MIXED = {"quantize.keep_float": 2}  # mixed precision: the two MatMuls most sensitive to INT8 stay FP32
+# Aliased trim (dropped pieces point at their nearest kept row, so every text keeps its split), on the CPU-trained
+# students; with and without clustering.
+ALIASED = ("2L-h6-f384-e5", "2L-h6-f384-aug4")
+ALIAS = {"trim.enabled": True, "trim.alias": True}
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
@@ -54,7 +58,9 @@ def _mb(*files: Path) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def systems(ds: str, cache: Path) -> tuple[dict[str, tuple[Run, object, float]], list[str], list[int], list[str]]:
+def systems(
+    ds: str, cache: Path, students: list[str]
+) -> tuple[dict[str, tuple[Run, object, float]], list[str], list[int], list[str]]:
     """name -> (run(feed) -> logits, tokenizer, bundle MB); plus the eval texts, gold labels and label names."""
     steps = Steps(recipe(ds), cache, print)
     teacher, k = steps.teacher()
@@ -77,8 +83,15 @@ def systems(ds: str, cache: Path) -> tuple[dict[str, tuple[Run, object, float]],
         "teacher torch FP32": (run_torch, tok, _mb(teacher / "model.safetensors", tok_file)),
         "teacher ORT INT8 (one-click)": (ort_run(one_click), tok, _mb(one_click / "model.onnx", tok_file)),
     }
-    for student in STUDENTS[ds]:
+    for student in students:
         variants = {**VARIANTS, **({"INT8 trim cluster": CLUSTER} if student in CLUSTERED else {})}
+        if student in ALIASED:
+            variants = {
+                "INT8": {},
+                "INT8 trim": VARIANTS["INT8 trim"],
+                "INT8 alias-trim": ALIAS,
+                "INT8 alias-trim cluster": {**CLUSTER, **ALIAS},
+            }
         if student == "2L":
             variants["INT8 mixed"] = MIXED
         for variant, extra in variants.items():
@@ -100,8 +113,8 @@ def systems(ds: str, cache: Path) -> tuple[dict[str, tuple[Run, object, float]],
     return out, list(data.eval.texts), list(data.eval.labels), list(data.label_names)
 
 
-def bench(ds: str, cache: Path, latency_rows: int, warmup: int) -> dict[str, object]:
-    runs, texts, gold, labels = systems(ds, cache)
+def bench(ds: str, cache: Path, latency_rows: int, warmup: int, students: list[str]) -> dict[str, object]:
+    runs, texts, gold, labels = systems(ds, cache, students)
     results: dict[str, dict[str, float]] = {}
     for n, (run, tok, size) in runs.items():  # accuracy on every eval row at batch 1, as the device runs
         # (dynamic INT8 scales activations per call: a batch's padding and neighbours would change the answers)
@@ -155,10 +168,13 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("out/.edgeslm-cache"))
     ap.add_argument("--latency-rows", type=int, default=872, help="eval sentences timed at batch 1 (all are scored)")
     ap.add_argument("--warmup", type=int, default=60)
+    ap.add_argument("--students", nargs="+", help="only these students (with both teachers), in one run")
+    ap.add_argument("--tag", default="", help="results file compress_<dataset>[_TAG].json")
     args = ap.parse_args()
     for ds in args.datasets:
-        result = bench(ds, args.cache, args.latency_rows, args.warmup)
-        out = HERE / "results" / f"compress_{ds}.json"
+        students = [s for s in STUDENTS[ds] if s in args.students] if args.students else list(STUDENTS[ds])
+        result = bench(ds, args.cache, args.latency_rows, args.warmup, students)
+        out = HERE / "results" / f"compress_{ds}{'_' + args.tag if args.tag else ''}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         key = str(result["accuracy_metric"])
         systems_ = result["systems"]

@@ -34,6 +34,7 @@ from edgeslm.recipe import Recipe
 
 HERE = Path(__file__).parent
 RECIPES = {"sst2": HERE / "sst2_full.toml", "clinc150": HERE / "clinc150_full.toml"}
+_PRUNED = {"distill.heads": 6, "distill.ffn": 384}
 # Students per dataset: name -> overrides on the recipe's [distill] (the recipe's own student is "2L").
 STUDENTS: dict[str, dict[str, dict[str, object]]] = {
     "sst2": {
@@ -45,11 +46,16 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
         "1L-h6-f768": {"distill.num_layers": 1, "distill.heads": 6, "distill.ffn": 768, "distill.max_minutes": 0.35},
         "2L-hidden": {"distill.hidden_weight": 1.0},  # ablation: + token-masked hidden-state MSE
         "2L-ce-only": {"distill.kd_weight": 0.0, "distill.ce_weight": 1.0, "distill.max_minutes": 0.35},  # no teacher
+        # Trained on the 2-core CPU (session 6; `train` runs here too, skipping what the cache holds): the same
+        # pruned student with a full schedule, without and with TinyBERT-style augmentation (4 variants per row).
+        "2L-h6-f384-e5": {**_PRUNED, "distill.epochs": 5, "distill.max_minutes": 30},
+        "2L-h6-f384-aug4": {**_PRUNED, "distill.epochs": 3, "distill.max_minutes": 60, "distill.augment": 4},
     },
     "clinc150": {
         "2L": {},
         "2L-h6-f384": {"distill.heads": 6, "distill.ffn": 384},
         "1L": {"distill.num_layers": 1},
+        "2L-h6-f384-aug4": {**_PRUNED, "distill.epochs": 8, "distill.max_minutes": 60, "distill.augment": 4},  # CPU
     },
 }
 WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"

@@ -183,6 +183,30 @@ def test_vocabulary_trim_keeps_covered_texts_exact(built: Path, tiny_data: edges
     assert new_tok.encode(odd).tokens.count("[UNK]") <= old_tok.encode(odd).tokens.count("[UNK]")
 
 
+def test_aliased_trim_keeps_every_split_and_points_dropped_pieces_at_kept_rows(
+    built: Path, tiny_data: edgeslm.DataConfig, tmp_path: Path
+) -> None:
+    from edgeslm.compress.trim import trim_vocab
+    from edgeslm.errors import ModelError
+    from edgeslm.export.carray import _vocab
+    from edgeslm.recipe import TrimConfig
+    from edgeslm.runtime import load_tokenizer
+
+    student = next((built.parent / ".edgeslm-cache").glob("distill-*"))
+    out = trim_vocab(student, tmp_path / "aliased", TrimConfig(data=tiny_data, alias=True))
+    info = json.loads((out / "edgeslm.json").read_text())["trim"]
+    assert info["aliases"] == info["vocab_before"] - info["vocab_after"] > 0
+    assert info["check"]["identical_tokenization"] == 1.0  # every eval text: the same pieces as before
+    assert info["check"]["identical_ids"] < 1.0  # ... some of them through an alias (dev words train never saw)
+    old_tok = load_tokenizer((student / "tokenizer.json").read_text(), 64)
+    new_tok = load_tokenizer((out / "tokenizer.json").read_text(), 64)
+    odd = "zyzzyva quixotically überjazz 🙂"
+    assert new_tok.encode(odd).tokens == old_tok.encode(odd).tokens
+    assert max(new_tok.encode(odd).ids) < info["vocab_after"]  # every id is a row of the trimmed table
+    with pytest.raises(ModelError, match="one piece per id"):
+        _vocab((out / "tokenizer.json").read_text())
+
+
 def load_dataset_text(data: edgeslm.DataConfig) -> str:
     return edgeslm.load_dataset(data).train.texts[0]
 

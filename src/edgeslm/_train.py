@@ -121,7 +121,9 @@ def grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random)
 
 
 def token_lengths(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
-    return [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
+    """Real tokens per text. Counted from the mask: a padding tokenizer pads the whole batch to its longest text,
+    so `len(ids)` would give every text the same length and defeat the length-grouped batches."""
+    return [sum(e.attention_mask) for e in tokenizer.encode_batch(list(texts))]
 
 
 _PACE_STEPS = 30  # a time budget re-fits the schedule every this many steps

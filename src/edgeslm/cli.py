@@ -341,6 +341,14 @@ def trim(
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Keep at most N pieces [default: all used].")
     ] = None,
+    alias: Annotated[
+        bool | None,
+        typer.Option(
+            "--alias/--no-alias",
+            help="Keep dropped pieces as aliases of their nearest kept piece: every text splits as before "
+            "(not for `convert --format c-array`) [default: the recipe's, off].",
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
@@ -349,13 +357,15 @@ def trim(
     """Trim the vocabulary to the pieces the train texts use (tokenizer and embeddings together)."""
     from .compress.trim import trim_vocab
 
-    r = _recipe(recipe, data, data_dir, text_column, label_column, None, None, **{"trim.max_tokens": max_tokens})
+    overrides = {"trim.max_tokens": max_tokens, "trim.alias": alias}
+    r = _recipe(recipe, data, data_dir, text_column, label_column, None, None, **overrides)
     path = trim_vocab(checkpoint, out, r.trim, force=force)
     info = json.loads((path / "edgeslm.json").read_text())["trim"]
     check = info["check"]
     console.print(
         f"wrote {path}: vocabulary {info['vocab_before']} -> {info['vocab_after']}; on the eval split "
-        f"{check['identical_tokenization']:.1%} of texts tokenize identically, label agreement "
+        f"{check['identical_tokenization']:.1%} of texts split into the same pieces "
+        f"({check['identical_ids']:.1%} with no alias, {info['aliases']} aliases), label agreement "
         f"{check['label_agreement']:.1%}"
     )
 

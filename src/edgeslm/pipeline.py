@@ -105,6 +105,8 @@ class Steps:
         key = _key("distill", k_teacher, rc.distill)
         if rc.distill.soft_targets != "teacher":  # not in the config's repr, so existing keys stay as they were
             key = _key(key, rc.distill.soft_targets)
+        if rc.distill.augment:  # likewise
+            key = _key(key, "augment", rc.distill.augment)
         return self.step("distill", key, lambda o: distill(teacher, o, rc.distill))
 
     def student(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> dict[str, Path]:
@@ -118,7 +120,8 @@ class Steps:
         ckpt, k = self.distilled(teacher, k_teacher, rc)
         if rc.trim.enabled:
             untrimmed = ckpt
-            ckpt, k = self.step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
+            key = _key("trim", k, rc.trim) if not rc.trim.alias else _key("trim", k, rc.trim, "alias")
+            ckpt, k = self.step("trim", key, lambda o: trim_vocab(untrimmed, o, rc.trim))
         if rc.cluster.enabled:
             unclustered = ckpt
             key = _key("cluster", k, rc.cluster)

@@ -123,6 +123,10 @@ class DistillConfig:
     # `scores` column: a black-box cloud teacher's answers, from `edgeslm label` or `build --teacher-url`).
     # Out of the repr, which the build cache keys hash, so every cached step keeps its key (pipeline adds it).
     soft_targets: str = field(default="teacher", repr=False)
+    # Extra variants of each train text, words swapped for their nearest neighbours in the teacher's embedding table
+    # and labelled by the teacher alone (TinyBERT's augmentation, compress/augment.py); 0 is off. Each copy costs
+    # one more teacher pass over train and one more train set per epoch. Out of the repr like soft_targets.
+    augment: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         _check(
@@ -135,6 +139,15 @@ class DistillConfig:
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         _positive("importance_rows", self.importance_rows)
+        _check(
+            isinstance(self.augment, int) and 0 <= self.augment <= 100,
+            f"`augment` must be a whole number of copies from 0 to 100, got {self.augment!r}",
+        )
+        _check(
+            not (self.augment and self.soft_targets == "scores"),
+            '`augment` needs a local teacher to label the new texts; a black-box teacher (soft_targets = "scores") '
+            "labelled only the rows in the data file: label augmented rows with `edgeslm label` instead",
+        )
         for name in ("kd_weight", "ce_weight", "hidden_weight"):
             _check(getattr(self, name) >= 0, f"`{name}` must be >= 0, got {getattr(self, name)!r}")
         _check(self.kd_weight + self.ce_weight > 0, "`kd_weight` and `ce_weight` cannot both be 0")
@@ -153,6 +166,11 @@ class TrimConfig:
     enabled: bool = False  # off by default: not lossless on words train never saw (see `trim` check in the report)
     min_count: int = 1  # keep a piece used at least this often in train
     max_tokens: int | None = None  # keep at most the N most frequent pieces (characters and specials always kept)
+    # Dropped pieces stay in the tokenizer as aliases of the kept piece nearest in the embedding table, so every
+    # text splits exactly as before and a word train never saw reads as its nearest known word, not as characters.
+    # Off by default: the microcontroller C tokenizer (`convert --format c-array`) needs one piece per id. Out of
+    # the repr, so the cache keys of earlier trims stay as they were (pipeline adds it when on).
+    alias: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         _positive("min_count", self.min_count)
@@ -200,6 +218,9 @@ class ExportConfig:
     data: DataConfig = field(default_factory=DataConfig)
     opset: int = 17  # ORT 1.32 runs it; 17 has LayerNormalization as one op
     check_rows: int = 128  # dev sentences used to compare ONNX and torch logits
+    # Reshape targets as constants instead of shape arithmetic at run time (export/static_shapes.py): a third
+    # fewer nodes in a small student, the same logits
+    static_shapes: bool = True
 
     def __post_init__(self) -> None:
         _check(13 <= self.opset <= 21, f"`opset` must be between 13 and 21, got {self.opset!r}")

@@ -4,7 +4,8 @@ The soft labels are the teacher checkpoint's logits, or (``soft_targets = "score
 cloud teacher returned, read from the data file.
 
 Loss = kd_weight · T² · KL(teacher_T ‖ student_T) + ce_weight · CE(student, gold) [+ hidden_weight · masked MSE of
-the student's layer outputs against the teacher layers they were copied from].
+the student's layer outputs against the teacher layers they were copied from]. With ``augment = N`` the train set
+gains N word-swapped variants per text (compress/augment.py) that learn from the teacher's soft labels alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..errors import ConfigError, DataError
 from ..models import TextClassifier, load_checkpoint, save_checkpoint
 from ..recipe import DistillConfig
 from ..runtime.predictor import encode, load_tokenizer
-from . import prune
+from . import augment, prune
 
 __all__ = ["distill", "pick_layers", "scores_as_logits"]
 
@@ -121,6 +122,16 @@ def scores_as_logits(path: Path, texts: tuple[str, ...], labels: tuple[str, ...]
     return out
 
 
+def _augmented(
+    teacher: TextClassifier, tokenizer: Tokenizer, texts: tuple[str, ...], config: DistillConfig
+) -> list[str]:
+    """``config.augment`` word-swapped variants per train text, neighbours from the teacher's embedding table."""
+    table = teacher.encoder.embeddings.word_embeddings.weight.detach().cpu().float().numpy()
+    words = {w.lower() for text in texts for w in text.split()}
+    near = augment.neighbours(tokenizer.get_vocab(), table, words)
+    return augment.augment(texts, near, config.augment, seed=config.seed)
+
+
 def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False) -> Path:
     """Distill the teacher checkpoint ``src`` into a student checkpoint ``out``."""
     teacher = load_checkpoint(Path(src))
@@ -141,9 +152,12 @@ def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False)
     if config.soft_targets == "scores":
         soft = torch.from_numpy(scores_as_logits(Path(config.data.name), texts, teacher.labels)).to(on)
     else:
+        if config.augment:
+            texts = texts + tuple(_augmented(teacher.model, tokenizer, texts, config))
         soft = torch.from_numpy(_train.predict_logits(teacher.model, tokenizer, texts, desc="teacher soft labels"))
         soft = soft.to(on)
-    gold = torch.tensor(dataset.train.labels).to(on)
+    # augmented rows have no gold label (-1): they learn from the teacher alone
+    gold = torch.tensor(dataset.train.labels + (-1,) * (len(texts) - len(dataset.train.texts))).to(on)
     T = config.temperature
 
     def loss_fn(m: TextClassifier, feed: _train.Feed, idx: list[int]) -> torch.Tensor:
@@ -155,8 +169,9 @@ def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False)
             * T
             * F.kl_div(F.log_softmax(logits / T, -1), F.softmax(soft[idx] / T, -1), reduction="batchmean")
         )
-        if config.ce_weight:
-            loss = loss + config.ce_weight * F.cross_entropy(logits, gold[idx])
+        labelled = gold[idx] >= 0
+        if config.ce_weight and bool(labelled.any()):
+            loss = loss + config.ce_weight * F.cross_entropy(logits[labelled], gold[idx][labelled])
         if config.hidden_weight:
             with torch.no_grad():
                 _, t_hidden = teacher.model.encode(**feed, hidden_states=True)
@@ -174,6 +189,7 @@ def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False)
         "step": "distill",
         "teacher": str(src),
         "teacher_layers": list(layers),
+        "augmented_rows": len(texts) - len(dataset.train.texts),
         "config": dataclasses.asdict(config),
         "train": stats,
     }

@@ -4,7 +4,8 @@ Hand-written because no library trims a WordPiece tokenizer and its embedding ma
 Any text still tokenizes: every single-character piece (with and without the ``##`` prefix) is kept, so a word whose
 pieces were dropped is split into smaller kept pieces, never turned into [UNK] when it was not before. A text whose
 original pieces were all kept tokenizes exactly as before; `trim` reports how many eval texts that covers and the
-label agreement of the trimmed model with the untrimmed one.
+label agreement of the trimmed model with the untrimmed one. With ``alias``, dropped pieces stay in the tokenizer
+pointing at their nearest kept piece's row, so every text keeps its pieces and only rare pieces share a row.
 """
 
 from __future__ import annotations
@@ -39,11 +40,29 @@ def _kept_ids(vocab: dict[str, int], counts: Counter[int], config: TrimConfig, s
     return sorted(used | chars | special)
 
 
-def _remap_tokenizer(raw: dict[str, Any], old_to_new: dict[int, int]) -> dict[str, Any]:
-    """The same tokenizer JSON with only the kept pieces and every id that names a piece renumbered."""
+def _aliases(vocab: dict[str, int], kept: list[int], table: np.ndarray) -> dict[int, int]:
+    """Each dropped id -> the kept id nearest by cosine, a `##` continuation only ever to a continuation."""
+    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+    id_to_token = {i: t for t, i in vocab.items()}
+    out: dict[int, int] = {}
+    for continuation in (False, True):
+        pool = [i for i in kept if id_to_token[i].startswith("##") == continuation]
+        keep = set(kept)
+        dropped = [i for i in sorted(id_to_token) if i not in keep and id_to_token[i].startswith("##") == continuation]
+        for start in range(0, len(dropped), 1024):
+            part = dropped[start : start + 1024]
+            best = (unit[part] @ unit[pool].T).argmax(axis=1)
+            out.update({d: pool[j] for d, j in zip(part, best, strict=True)})
+    return out
+
+
+def _remap_tokenizer(raw: dict[str, Any], old_to_new: dict[int, int], aliases: dict[int, int]) -> dict[str, Any]:
+    """The same tokenizer JSON with the kept pieces renumbered (every id that names a piece), plus each alias
+    (a dropped piece) under the new id of the piece it stands for."""
     out = copy.deepcopy(raw)
     id_to_token = {i: t for t, i in raw["model"]["vocab"].items()}
     out["model"]["vocab"] = {id_to_token[old]: new for old, new in sorted(old_to_new.items(), key=lambda kv: kv[1])}
+    out["model"]["vocab"].update({id_to_token[old]: old_to_new[to] for old, to in aliases.items()})
     for token in out.get("added_tokens") or []:
         token["id"] = old_to_new[token["id"]]
     post = out.get("post_processor") or {}
@@ -69,23 +88,26 @@ def trim_vocab(src: Path, out: Path, config: TrimConfig, *, force: bool = False)
     special = {t["id"] for t in raw.get("added_tokens") or []}
     kept = _kept_ids(raw["model"]["vocab"], counts, config, special)
     old_to_new = {old: new for new, old in enumerate(kept)}
-    new_raw = _remap_tokenizer(raw, old_to_new)
-
     model = ckpt.model
     old_emb = model.encoder.embeddings.word_embeddings
+    table = old_emb.weight.detach().float().numpy()
+    aliases = _aliases(raw["model"]["vocab"], kept, table) if config.alias else {}
+    new_raw = _remap_tokenizer(raw, old_to_new, aliases)
+
     new_emb = torch.nn.Embedding(len(kept), old_emb.embedding_dim, padding_idx=old_to_new.get(old_emb.padding_idx or 0))
     new_emb.weight.data.copy_(old_emb.weight.data[torch.tensor(kept)])
     trimmed = copy.deepcopy(model)
     trimmed.encoder.embeddings.word_embeddings = new_emb
     trimmed.encoder.config.vocab_size = len(kept)
 
-    check = _check(model, trimmed, raw, new_raw, list(dataset.eval.texts), ckpt.max_length)
+    check = _check(model, trimmed, raw, new_raw, list(dataset.eval.texts), ckpt.max_length, old_to_new)
     meta = {
         **ckpt.meta,
         "trim": {
             "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "data"},
             "vocab_before": len(raw["model"]["vocab"]),
             "vocab_after": len(kept),
+            "aliases": len(aliases),
             "check": check,
         },
     }
@@ -98,19 +120,23 @@ def trim_vocab(src: Path, out: Path, config: TrimConfig, *, force: bool = False)
     return Path(out)
 
 
-def _check(model: Any, trimmed: Any, raw: dict, new_raw: dict, texts: list[str], max_length: int) -> dict:
-    """Eval texts tokenized identically (as piece strings), and label agreement of trimmed vs untrimmed."""
+def _check(
+    model: Any, trimmed: Any, raw: dict, new_raw: dict, texts: list[str], max_length: int, old_to_new: dict[int, int]
+) -> dict:
+    """Eval texts split into the same pieces; of those, texts whose every piece kept its own row (no alias); and
+    label agreement of trimmed vs untrimmed."""
     old_tok = load_tokenizer(json.dumps(raw), max_length)
     new_tok = load_tokenizer(json.dumps(new_raw), max_length)
     old_tok.no_padding()
     new_tok.no_padding()
-    same = sum(
-        a.tokens == b.tokens for a, b in zip(old_tok.encode_batch(texts), new_tok.encode_batch(texts), strict=True)
-    )
+    pairs = list(zip(old_tok.encode_batch(texts), new_tok.encode_batch(texts), strict=True))
+    same = sum(a.tokens == b.tokens for a, b in pairs)
+    own_rows = sum(a.tokens == b.tokens and [old_to_new.get(i) for i in a.ids] == b.ids for a, b in pairs)
     before = _train.predict_logits(model, load_tokenizer(json.dumps(raw), max_length), texts).argmax(1)
     after = _train.predict_logits(trimmed, load_tokenizer(json.dumps(new_raw), max_length), texts).argmax(1)
     return {
         "eval_rows": len(texts),
         "identical_tokenization": same / len(texts),
+        "identical_ids": own_rows / len(texts),
         "label_agreement": float(np.mean(before == after)),
     }

@@ -51,6 +51,11 @@ def _vocab(tokenizer_json: str) -> tuple[list[str], dict[str, int], bool]:
             "use a BERT-family checkpoint or tokenize on the host"
         )
     vocab: dict[str, int] = model["vocab"]
+    if len(set(vocab.values())) != len(vocab):
+        raise ModelError(
+            "the C tokenizer needs one piece per id, but this tokenizer maps several pieces to one id (a vocabulary "
+            "trimmed with `alias = true`); rebuild the student with `[trim] alias = false` for a microcontroller"
+        )
     tokens = [""] * len(vocab)
     for token, idx in vocab.items():
         tokens[idx] = token

@@ -20,6 +20,7 @@ from ..errors import ModelError
 from ..models import TextClassifier, load_checkpoint
 from ..recipe import ExportConfig
 from ..runtime.predictor import encode, load_tokenizer, session_options
+from .static_shapes import static_reshapes
 
 __all__ = ["export_onnx"]
 
@@ -75,8 +76,9 @@ def export_onnx(src: Path, out: Path, config: ExportConfig, *, force: bool = Fal
             raise ModelError(
                 f"ONNX export of `{src}` failed ({e}); check the checkpoint and opset {config.opset}"
             ) from e
+        rewritten = static_reshapes(tmp / "model.onnx") if config.static_shapes else 0
         check = parity(ckpt.model, tmp / "model.onnx", tokenizer_json, ckpt.max_length, texts)
         shutil.copyfile(ckpt.path / "tokenizer.json", tmp / "tokenizer.json")
-        meta = {**ckpt.meta, "export": {"opset": config.opset, "check": check}}
+        meta = {**ckpt.meta, "export": {"opset": config.opset, "check": check, "static_reshapes": rewritten}}
         (tmp / "edgeslm.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return Path(out)

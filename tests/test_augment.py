@@ -1,0 +1,59 @@
+"""Distillation data augmentation: nearest-neighbour word swaps (pure functions) and a real distill that uses them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeslm
+from edgeslm.compress.augment import augment, neighbours
+from edgeslm.errors import ConfigError
+from edgeslm.recipe import DistillConfig
+
+
+def _table() -> tuple[dict[str, int], np.ndarray]:
+    vocab = {"[CLS]": 0, "good": 1, "great": 2, "bad": 3, "awful": 4, "##ly": 5, "a": 6, "film": 7}
+    table = np.array(
+        [[0, 0, 1], [1, 0.1, 0], [1, 0.2, 0], [-1, 0.1, 0], [-1, 0.2, 0], [1, 0.15, 0], [0, 1, 0], [0, 1, 0.1]],
+        dtype=np.float32,
+    )
+    return vocab, table
+
+
+def test_neighbours_are_nearest_whole_words() -> None:
+    vocab, table = _table()
+    near = neighbours(vocab, table, {"good", "bad", "a", "unknown"}, k=1)
+    assert near == {"good": ["great"], "bad": ["awful"]}  # not "##ly" (a continuation), not "a" (one letter)
+
+
+def test_augment_swaps_deterministically_and_drops_repeats() -> None:
+    near = {"good": ["great"], "film": ["movie"]}
+    out = augment(["a good film", "nothing here"], near, copies=10, p=0.5, seed=1)
+    assert set(out) <= {"a great film", "a good movie", "a great movie"} and len(out) == len(set(out))
+    assert out == augment(["a good film", "nothing here"], near, copies=10, p=0.5, seed=1)
+    assert augment(["A Good film"], near, copies=1, p=1.0) == ["A great movie"]  # matched lower-cased
+
+
+def test_augment_is_refused_with_a_black_box_teacher(tiny_data: edgeslm.DataConfig) -> None:
+    with pytest.raises(ConfigError, match="`augment` needs a local teacher"):
+        DistillConfig(data=tiny_data, augment=2, soft_targets="scores")
+    with pytest.raises(ConfigError, match="`augment` must be a whole number of copies from 0 to 100, got -1"):
+        DistillConfig(data=tiny_data, augment=-1)
+
+
+def test_distill_trains_on_augmented_rows(
+    tiny_base: Path, tiny_data: edgeslm.DataConfig, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from edgeslm.compress.distill import distill
+    from edgeslm.finetune import finetune
+    from edgeslm.recipe import FinetuneConfig
+
+    tmp = tmp_path_factory.mktemp("augment")
+    teacher = finetune(tiny_base, tmp / "teacher", FinetuneConfig(data=tiny_data, epochs=1, batch_size=16))
+    config = DistillConfig(data=tiny_data, num_layers=1, epochs=1, batch_size=16, augment=2)
+    meta = json.loads((distill(teacher, tmp / "student", config) / "edgeslm.json").read_text())
+    assert 400 < meta["augmented_rows"] <= 800  # 400 train rows, up to two new variants each
+    assert meta["train"]["train_rows"] == 400 + meta["augmented_rows"]
