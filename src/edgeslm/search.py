@@ -117,11 +117,14 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
     cache.mkdir(parents=True, exist_ok=True)
     storage = config.storage or f"sqlite:///{(cache / 'search.db').resolve()}"
     # One study per search space: trials from another space (say, without clustering) must not answer this one.
-    # soft_targets and augment are not in DistillConfig's repr (see recipe.py), so they are named here
-    soft: object = recipe.distill.soft_targets
-    if recipe.distill.augment:  # only then, so the studies of earlier searches keep their names
-        soft = (soft, recipe.distill.augment)
-    searched = [config.layers, config.quantize, config.trim, config.cluster, recipe.cluster, soft]
+    # Fields kept out of the configs' reprs (see recipe.py) are named here; augment and alias only when set, so the
+    # studies of earlier searches keep their names.
+    unlisted: object = recipe.distill.soft_targets
+    extras = [("augment", recipe.distill.augment)] if recipe.distill.augment else []
+    extras += [("alias", True)] if recipe.trim.alias else []
+    if extras:
+        unlisted = (unlisted, *extras)
+    searched = [config.layers, config.quantize, config.trim, config.cluster, recipe.cluster, unlisted]
     study_name = f"edgeslm-{_key(k_teacher, recipe.distill, recipe.trim, recipe.export, recipe.eval, device, searched)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(optuna, study_name, storage)

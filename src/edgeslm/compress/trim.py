@@ -45,9 +45,9 @@ def _aliases(vocab: dict[str, int], kept: list[int], table: np.ndarray) -> dict[
     unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
     id_to_token = {i: t for t, i in vocab.items()}
     out: dict[int, int] = {}
+    keep = set(kept)
     for continuation in (False, True):
         pool = [i for i in kept if id_to_token[i].startswith("##") == continuation]
-        keep = set(kept)
         dropped = [i for i in sorted(id_to_token) if i not in keep and id_to_token[i].startswith("##") == continuation]
         for start in range(0, len(dropped), 1024):
             part = dropped[start : start + 1024]
