@@ -1,8 +1,8 @@
 """Reshape targets as constants: the exported graph stops computing shapes at run time.
 
 The TorchScript exporter turns every ``x.view(b, s, heads, dim)`` into Shape → Gather → Unsqueeze → Concat nodes
-that rebuild the target shape on each call: about 70 of a 2-layer student's 340 nodes, each a kernel launch that
-costs more than the arithmetic of a small model. ONNX's Reshape can say the same thing with a constant: 0 copies the
+that rebuild the target shape on each call: about 90 of a 2-layer INT8 student's 344 nodes, 3-5% of its latency
+on a quiet host (measured, benchmarks/README.md). ONNX's Reshape can say the same thing with a constant: 0 copies the
 input's dimension, -1 takes what is left. onnxruntime's optimizers do not do this for dynamic batch and sequence
 axes, nor does onnx-simplifier; this pass does.
 
