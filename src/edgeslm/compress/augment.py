@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["augment", "neighbours"]
+__all__ = ["augment", "nearest", "neighbours"]
 
 SWAP_P = 0.4  # chance that each swappable word is replaced (TinyBERT's p_t)
 TOP_K = 15  # a word's replacement is drawn from its 15 nearest whole words (TinyBERT's K)
@@ -27,21 +27,34 @@ def _is_word(token: str) -> bool:
     return len(token) > 1 and token.isalpha()
 
 
+def nearest(table: np.ndarray, rows: list[int], pool: list[int], k: int) -> np.ndarray:
+    """For each of ``rows`` of ``table``, the positions in ``pool`` of its ``k`` most cosine-similar rows, best first.
+
+    1,024 rows at a time: against a 20k pool that is ~80 MB of similarities, not the whole square. Also used by
+    `trim` (k = 1) to alias a dropped wordpiece to its nearest kept one.
+    """
+    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+    cand = unit[pool]
+    out = np.empty((len(rows), k), dtype=np.int64)
+    for start in range(0, len(rows), 1024):
+        sims = unit[rows[start : start + 1024]] @ cand.T
+        if k == 1:
+            out[start : start + 1024, 0] = sims.argmax(axis=1)
+            continue
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
+        out[start : start + 1024] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
 def neighbours(vocab: dict[str, int], table: np.ndarray, words: set[str], k: int = TOP_K) -> dict[str, list[str]]:
     """For each of ``words`` that is one whole wordpiece, its ``k`` nearest whole wordpieces by cosine similarity."""
     candidates = sorted((t for t in vocab if _is_word(t)), key=lambda t: vocab[t])
-    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
-    cand = unit[[vocab[t] for t in candidates]]
     asked = sorted(w for w in words if w in vocab and _is_word(w))
-    out: dict[str, list[str]] = {}
-    for start in range(0, len(asked), 1024):  # 1,024 × 20k similarities at a time: ~80 MB, not the whole square
-        part = asked[start : start + 1024]
-        sims = unit[[vocab[w] for w in part]] @ cand.T
-        top = np.argpartition(-sims, k + 1, axis=1)[:, : k + 1]
-        for row, word in enumerate(part):
-            best = top[row][np.argsort(-sims[row, top[row]])]
-            out[word] = [candidates[j] for j in best if candidates[j] != word][:k]
-    return out
+    best = nearest(table, [vocab[w] for w in asked], [vocab[t] for t in candidates], k + 1)  # + itself
+    return {
+        word: [candidates[j] for j in row if candidates[j] != word][:k] for word, row in zip(asked, best, strict=True)
+    }
 
 
 def augment(

@@ -27,6 +27,7 @@ from ..errors import ModelError
 from ..models import load_checkpoint, save_checkpoint
 from ..recipe import TrimConfig
 from ..runtime.predictor import load_tokenizer
+from .augment import nearest
 
 __all__ = ["trim_vocab"]
 
@@ -42,17 +43,14 @@ def _kept_ids(vocab: dict[str, int], counts: Counter[int], config: TrimConfig, s
 
 def _aliases(vocab: dict[str, int], kept: list[int], table: np.ndarray) -> dict[int, int]:
     """Each dropped id -> the kept id nearest by cosine, a `##` continuation only ever to a continuation."""
-    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
     id_to_token = {i: t for t, i in vocab.items()}
-    out: dict[int, int] = {}
     keep = set(kept)
+    out: dict[int, int] = {}
     for continuation in (False, True):
         pool = [i for i in kept if id_to_token[i].startswith("##") == continuation]
         dropped = [i for i in sorted(id_to_token) if i not in keep and id_to_token[i].startswith("##") == continuation]
-        for start in range(0, len(dropped), 1024):
-            part = dropped[start : start + 1024]
-            best = (unit[part] @ unit[pool].T).argmax(axis=1)
-            out.update({d: pool[j] for d, j in zip(part, best, strict=True)})
+        best = nearest(table, dropped, pool, 1)[:, 0]
+        out.update({d: pool[j] for d, j in zip(dropped, best, strict=True)})
     return out
 
 
