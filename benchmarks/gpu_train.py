@@ -35,6 +35,8 @@ from edgeslm.recipe import Recipe
 HERE = Path(__file__).parent
 RECIPES = {"sst2": HERE / "sst2_full.toml", "clinc150": HERE / "clinc150_full.toml"}
 _PRUNED = {"distill.heads": 6, "distill.ffn": 384}
+_AUG4 = {"distill.epochs": 3, "distill.max_minutes": 60, "distill.augment": 4}
+_AUG4_CLINC = {**_AUG4, "distill.epochs": 8}  # 15k train rows: more passes
 # Students per dataset: name -> overrides on the recipe's [distill] (the recipe's own student is "2L").
 STUDENTS: dict[str, dict[str, dict[str, object]]] = {
     "sst2": {
@@ -49,13 +51,19 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
         # Trained on the 2-core CPU (session 6; `train` runs here too, skipping what the cache holds): the same
         # pruned student with a full schedule, without and with TinyBERT-style augmentation (4 variants per row).
         "2L-h6-f384-e5": {**_PRUNED, "distill.epochs": 5, "distill.max_minutes": 30},
-        "2L-h6-f384-aug4": {**_PRUNED, "distill.epochs": 3, "distill.max_minutes": 60, "distill.augment": 4},
+        "2L-h6-f384-aug4": {**_PRUNED, **_AUG4},
+        # Session 7, CPU: the residual stream narrowed too (384 -> 192 channels, Minitron-style), same recipe
+        "2L-h6-f384-w192-aug4": {**_PRUNED, **_AUG4, "distill.hidden": 192},
+        # ... and progressively: 2L-h6-f384-aug4 is its first stage, narrowed to 192 and distilled again
+        "2L-h6-f384-w192-prog": {**_PRUNED, **_AUG4, "distill.hidden": 192, "distill.progressive": True},
     },
     "clinc150": {
         "2L": {},
         "2L-h6-f384": {"distill.heads": 6, "distill.ffn": 384},
         "1L": {"distill.num_layers": 1},
-        "2L-h6-f384-aug4": {**_PRUNED, "distill.epochs": 8, "distill.max_minutes": 60, "distill.augment": 4},  # CPU
+        "2L-h6-f384-aug4": {**_PRUNED, **_AUG4_CLINC},  # CPU
+        "2L-h6-f384-w192-aug4": {**_PRUNED, **_AUG4_CLINC, "distill.hidden": 192},  # CPU, session 7
+        "2L-h6-f384-w192-prog": {**_PRUNED, **_AUG4_CLINC, "distill.hidden": 192, "distill.progressive": True},
     },
 }
 WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"

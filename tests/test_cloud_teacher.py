@@ -6,6 +6,7 @@ A real build (tiny BERT, real tokenizer, real ONNX Runtime) against a real HTTP 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -172,6 +173,19 @@ def test_soft_targets_stay_out_of_the_cache_keys() -> None:
     assert repr(DistillConfig(soft_targets="scores")) == repr(DistillConfig())
     with pytest.raises(ConfigError, match="`soft_targets` must be one of teacher, scores"):
         DistillConfig(soft_targets="cloud")
+
+
+def test_out_of_repr_fields_change_the_cache_key_only_when_set() -> None:
+    """Keys of builds cached before a field existed survive; setting the field gives a build of its own."""
+    from edgeslm.pipeline import _key
+    from edgeslm.recipe import TrimConfig
+
+    plain = _key("distill", "k", DistillConfig())
+    assert plain == hashlib.sha256(json.dumps(["distill", "k", repr(DistillConfig())]).encode()).hexdigest()[:12]
+    set_ = [DistillConfig(soft_targets="scores"), DistillConfig(augment=2), DistillConfig(hidden=192)]
+    keys = {_key("distill", "k", c) for c in set_}
+    assert plain not in keys and len(keys) == 3
+    assert _key("trim", "k", TrimConfig(alias=True)) != _key("trim", "k", TrimConfig())
 
 
 def test_cloud_error_is_its_own_branch() -> None:

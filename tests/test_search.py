@@ -125,3 +125,14 @@ def test_search_can_weigh_clustering(root: Path, tiny_base: Path, tiny_data: edg
     assert (found.bundle / "model.onnx.xz").is_file()  # the clustered trial is what shipped, entropy-coded
     with pytest.raises(edgeslm.ConfigError, match="`cluster` must list at least one"):
         SearchConfig(cluster=())
+
+
+def test_search_can_weigh_residual_widths(root: Path, tiny_base: Path, tiny_data: edgeslm.DataConfig) -> None:
+    """Both widths of the tiny model (32 channels, heads of 16) become real trials; the narrow one is smaller."""
+    recipe = _recipe(tiny_base, tiny_data, 2)
+    widths = dataclasses.replace(recipe.search, layers=(1,), trim=(False,), hidden=(16, 32))
+    found = search(dataclasses.replace(recipe, search=widths), root / "w", "host")
+    rows = {r["hidden"]: r for r in found.report["trials"]}
+    assert set(rows) == {16, 32} and rows[16]["parameters"] < rows[32]["parameters"]
+    with pytest.raises(edgeslm.ConfigError, match="`hidden` must list widths > 0, got \\(0,\\)"):
+        SearchConfig(hidden=(0,))

@@ -7,6 +7,7 @@ well-kept library does exactly this for whole directories.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def sha256_file(path: Path) -> str:
@@ -45,6 +48,13 @@ def write_bytes(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` as .npy atomically (read back with ``allow_pickle=False``)."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    write_bytes(path, buf.getvalue())
 
 
 def write_json(path: Path, obj: Any) -> None:

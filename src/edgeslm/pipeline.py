@@ -40,8 +40,24 @@ class BuildResult:
 
 
 def _key(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    blob = json.dumps(parts, sort_keys=True, default=_identity).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _identity(part: Any) -> Any:
+    """What a cache key sees of ``part``: a config's repr, plus its out-of-repr fields that differ from their defaults.
+
+    Fields added to a config after builds were cached stay out of its repr (``field(repr=False)``), so the keys of
+    those builds survive; when such a field is set, it still changes the key.
+    """
+    if not dataclasses.is_dataclass(part) or isinstance(part, type):
+        return str(part)
+    unlisted = {
+        f.name: getattr(part, f.name)
+        for f in dataclasses.fields(part)
+        if not f.repr and getattr(part, f.name) != f.default
+    }
+    return [repr(part), unlisted] if unlisted else repr(part)
 
 
 class Steps:
@@ -102,12 +118,12 @@ class Steps:
         from .compress.distill import distill
 
         rc = recipe or self.recipe
+        init = None
+        if rc.distill.progressive:  # its first stage: the same student at the teacher's width
+            wide = dataclasses.replace(rc.distill, hidden=None, progressive=False)
+            init, _ = self.distilled(teacher, k_teacher, dataclasses.replace(rc, distill=wide))
         key = _key("distill", k_teacher, rc.distill)
-        if rc.distill.soft_targets != "teacher":  # not in the config's repr, so existing keys stay as they were
-            key = _key(key, rc.distill.soft_targets)
-        if rc.distill.augment:  # likewise
-            key = _key(key, "augment", rc.distill.augment)
-        return self.step("distill", key, lambda o: distill(teacher, o, rc.distill))
+        return self.step("distill", key, lambda o: distill(teacher, o, rc.distill, cache=self.cache, init=init))
 
     def student(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> dict[str, Path]:
         """Distill (and trim), export and quantize a student; returns the folders of each stage."""
@@ -120,8 +136,7 @@ class Steps:
         ckpt, k = self.distilled(teacher, k_teacher, rc)
         if rc.trim.enabled:
             untrimmed = ckpt
-            key = _key("trim", k, rc.trim) if not rc.trim.alias else _key("trim", k, rc.trim, "alias")
-            ckpt, k = self.step("trim", key, lambda o: trim_vocab(untrimmed, o, rc.trim))
+            ckpt, k = self.step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
         if rc.cluster.enabled:
             unclustered = ckpt
             key = _key("cluster", k, rc.cluster)

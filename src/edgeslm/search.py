@@ -1,11 +1,12 @@
 """`edgeslm build --device D --max-accuracy-drop X`: an accuracy-aware search over student recipes.
 
-Optuna (multi-objective TPE: accuracy up, p50 latency down, size down) proposes a depth, a quantization method and
-whether to trim the vocabulary; every trial is a real bundle, built through the same cached steps as `build` and
-measured the same way, then checked against the device with `fit`. The study lives in an Optuna storage (a SQLite
-file by default, any database URL to spread trials over several machines), so an interrupted search resumes where it
-stopped and several workers can share one study. It always ends with an answer: the fastest bundle that fits and
-keeps the accuracy, or, when none does, the closest one and by how much it misses.
+Optuna (multi-objective TPE: accuracy up, p50 latency down, size down) proposes a depth, a residual width, a
+quantization method and whether to trim the vocabulary and cluster the weights; every trial is a real bundle, built
+through the same cached steps as `build` and measured the same way, then checked against the device with `fit`. The
+study lives in an Optuna storage (a SQLite file by default, any database URL to spread trials over several machines),
+so an interrupted search resumes where it stopped and several workers can share one study. It always ends with an
+answer: the fastest bundle that fits and keeps the accuracy, or, when none does, the closest one and by how much it
+misses.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ class SearchResult:
     report: dict[str, Any]
 
 
-def _trial_recipe(recipe: Recipe, layers: int, method: str, trim: bool, cluster: bool = False) -> Recipe:
+def _trial_recipe(
+    recipe: Recipe, layers: int, method: str, trim: bool, cluster: bool = False, hidden: int | None = None
+) -> Recipe:
+    width = hidden or recipe.distill.hidden
     return dataclasses.replace(
         recipe,
-        distill=dataclasses.replace(recipe.distill, num_layers=layers, layers=None),
+        distill=dataclasses.replace(recipe.distill, num_layers=layers, layers=None, hidden=width),
         trim=dataclasses.replace(recipe.trim, enabled=trim),
         cluster=dataclasses.replace(recipe.cluster, enabled=cluster),
         quantize=QUANTIZE_METHODS[method](),
@@ -117,14 +121,7 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
     cache.mkdir(parents=True, exist_ok=True)
     storage = config.storage or f"sqlite:///{(cache / 'search.db').resolve()}"
     # One study per search space: trials from another space (say, without clustering) must not answer this one.
-    # Fields kept out of the configs' reprs (see recipe.py) are named here; augment and alias only when set, so the
-    # studies of earlier searches keep their names.
-    unlisted: object = recipe.distill.soft_targets
-    extras = [("augment", recipe.distill.augment)] if recipe.distill.augment else []
-    extras += [("alias", True)] if recipe.trim.alias else []
-    if extras:
-        unlisted = (unlisted, *extras)
-    searched = [config.layers, config.quantize, config.trim, config.cluster, recipe.cluster, unlisted]
+    searched = [config.layers, config.quantize, config.trim, config.cluster, recipe.cluster, config.hidden]
     study_name = f"edgeslm-{_key(k_teacher, recipe.distill, recipe.trim, recipe.export, recipe.eval, device, searched)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(optuna, study_name, storage)
@@ -138,11 +135,13 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         method = trial.suggest_categorical("quantize", list(config.quantize))
         trim = trial.suggest_categorical("trim", list(config.trim))
         clustered = trial.suggest_categorical("cluster", list(config.cluster))
+        hidden = trial.suggest_categorical("hidden", list(config.hidden)) if config.hidden else None
         if any(_params(t) == trial.params for t in study.get_trials(deepcopy=False, states=complete)):
             raise optuna.TrialPruned("the same recipe was already measured")
-        r = _trial_recipe(recipe, layers, method, trim, clustered)
+        r = _trial_recipe(recipe, layers, method, trim, clustered, hidden)
         on_off = {True: "on", False: "off"}
-        say(f"trial {trial.number}: {layers} layer(s), {method}, trim {on_off[trim]}, cluster {on_off[clustered]}")
+        shape = f"{layers} layer(s)" + (f", width {hidden}" if hidden else "")
+        say(f"trial {trial.number}: {shape}, {method}, trim {on_off[trim]}, cluster {on_off[clustered]}")
         parts = steps.student(teacher, k_teacher, r)
         bundle, _ = steps.step(
             "bundle",
@@ -158,7 +157,9 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         trial.set_user_attr("parameters", metrics["parameters"])
         return metrics["accuracy"], metrics["p50_ms"], metrics["size_mb"]
 
-    space = len(config.layers) * len(config.quantize) * len(config.trim) * len(config.cluster)
+    space = (
+        len(config.layers) * len(config.quantize) * len(config.trim) * len(config.cluster) * len(config.hidden or [0])
+    )
     target = min(config.trials, space)  # never more distinct recipes than the space holds
     done = len(study.get_trials(deepcopy=False, states=complete))
     if done < target:
@@ -194,7 +195,9 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         "pareto": _pareto(rows),
         "chosen": best,
         "verdict": verdict,
-        "precision": precision(_trial_recipe(recipe, best["layers"], best["quantize"], best["trim"], best["cluster"])),
+        "precision": precision(
+            _trial_recipe(recipe, best["layers"], best["quantize"], best["trim"], best["cluster"], best.get("hidden"))
+        ),
     }
     with atomic_dir(out, force=force) as tmp:
         shutil.copytree(source, tmp / "bundle")

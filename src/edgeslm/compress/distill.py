@@ -4,14 +4,16 @@ The soft labels are the teacher checkpoint's logits, or (``soft_targets = "score
 cloud teacher returned, read from the data file.
 
 Loss = kd_weight · T² · KL(teacher_T ‖ student_T) + ce_weight · CE(student, gold) [+ hidden_weight · masked MSE of
-the student's layer outputs against the teacher layers they were copied from]. With ``augment = N`` the train set
-gains N word-swapped variants per text (compress/augment.py) that learn from the teacher's soft labels alone.
+the student's layer outputs against the teacher layers they were copied from; a student narrowed by ``hidden``
+meets them through a learned projection]. With ``augment = N`` the train set gains N word-swapped variants per text
+(compress/augment.py) that learn from the teacher's soft labels alone.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from tokenizers import Tokenizer
 from transformers import BertModel
 
 from .. import _train
-from .._fs import atomic_dir
+from .._fs import atomic_dir, sha256_file, write_array
 from ..data import Split, load_dataset
 from ..errors import ConfigError, DataError
 from ..models import TextClassifier, load_checkpoint, save_checkpoint
@@ -70,13 +72,19 @@ def _prune(
     tokenizer: Tokenizer,
     train: Split,
     config: DistillConfig,
-) -> None:
-    """Narrow the student's layers to the heads and FFN neurons that matter most in the teacher's same layers."""
+) -> torch.Tensor | None:
+    """Narrow the student to the heads, FFN neurons and residual channels that matter most in the teacher."""
     cfg = teacher.encoder.config
     limits = {"heads": (config.heads, cfg.num_attention_heads), "ffn": (config.ffn, cfg.intermediate_size)}
     for name, (value, limit) in limits.items():
         if value is not None and value > limit:
             raise ConfigError(f"`{name}` must be at most the teacher's {limit} per layer, got {value}")
+    size = cfg.hidden_size // cfg.num_attention_heads
+    if config.hidden is not None and (config.hidden > cfg.hidden_size or config.hidden % size):
+        raise ConfigError(
+            f"`hidden` must be a multiple of the teacher's head size {size} up to its width {cfg.hidden_size}, "
+            f"got {config.hidden}"
+        )
     on = next(teacher.parameters()).device
     n = min(config.importance_rows, len(train.texts))
     rows = [int(i) for i in np.random.default_rng(config.seed).permutation(len(train.texts))[:n]]
@@ -85,9 +93,12 @@ def _prune(
         (_train.to_torch(encode(tokenizer, [train.texts[i] for i in rows[b : b + 32]]), on), rows[b : b + 32])
         for b in range(0, n, 32)
     ]
-    heads, ffn = prune.importance(teacher, feeds, lambda logits, idx: F.cross_entropy(logits, gold[idx].to(on)))
+    scores = prune.importance(teacher, feeds, lambda logits, idx: F.cross_entropy(logits, gold[idx].to(on)))
+    heads, ffn, hidden = scores
     keep = list(layers)
-    prune.narrow(student, heads[keep], ffn[keep], *(value or limit for value, limit in limits.values()))
+    if config.heads or config.ffn:
+        prune.narrow(student, heads[keep], ffn[keep], *(value or limit for value, limit in limits.values()))
+    return prune.narrow_hidden(student, hidden, config.hidden) if config.hidden else None
 
 
 def scores_as_logits(path: Path, texts: tuple[str, ...], labels: tuple[str, ...]) -> np.ndarray:
@@ -132,8 +143,67 @@ def _augmented(
     return augment.augment(texts, near, config.augment, seed=config.seed)
 
 
-def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False) -> Path:
-    """Distill the teacher checkpoint ``src`` into a student checkpoint ``out``."""
+def _first_stage(init: Path, layers: tuple[int, ...]) -> TextClassifier:
+    ckpt = load_checkpoint(init)
+    if ckpt.meta.get("step") != "distill" or tuple(ckpt.meta.get("teacher_layers", ())) != layers:
+        raise ConfigError(
+            f"`{init}` is not a student of this teacher's layers {list(layers)}; progressive distillation starts "
+            "from the first stage that `edgeslm build` distills (the same [distill] without `hidden`)"
+        )
+    return ckpt.model
+
+
+def _soft_labels(
+    teacher: TextClassifier, tokenizer: Tokenizer, texts: tuple[str, ...], src: Path, cache: Path | None
+) -> np.ndarray:
+    """The teacher's logits on ``texts``, kept in ``cache`` (the build cache) when one is given.
+
+    Labelling an augmented train set is most of a CPU distill (13 minutes for SST-2 x 4 here); students of other
+    shapes from the same teacher and texts reuse it. Keyed by the teacher's weights and the texts themselves.
+    """
+    file = None
+    if cache is not None:
+        digest = hashlib.sha256(sha256_file(Path(src) / "model.safetensors").encode())
+        digest.update(f"{tokenizer.truncation}".encode())
+        for text in texts:
+            digest.update(text.encode() + b"\0")
+        file = Path(cache) / f"soft-labels-{digest.hexdigest()[:16]}.npy"
+        if file.is_file():
+            cached = np.load(file, allow_pickle=False)
+            if cached.shape == (len(texts), teacher.head.out_features):
+                return cached
+    logits = _train.predict_logits(teacher, tokenizer, texts, desc="teacher soft labels")
+    if file is not None:
+        write_array(file, logits)
+    return logits
+
+
+def _projection(student: TextClassifier, teacher: TextClassifier, kept: torch.Tensor) -> torch.nn.Linear:
+    """Student width -> teacher width for the hidden-state loss (TinyBERT's W_h), learned with the student.
+
+    It starts as the width pruning's channel selection, so at step 0 each kept channel meets its own teacher channel.
+    """
+    proj = torch.nn.Linear(student.encoder.config.hidden_size, teacher.encoder.config.hidden_size, bias=False)
+    with torch.no_grad():
+        proj.weight.zero_()
+        proj.weight[kept, torch.arange(len(kept))] = 1.0
+    return proj
+
+
+def distill(
+    src: Path,
+    out: Path,
+    config: DistillConfig,
+    *,
+    force: bool = False,
+    cache: Path | None = None,
+    init: Path | None = None,
+) -> Path:
+    """Distill the teacher checkpoint ``src`` into a student checkpoint ``out``; ``cache`` keeps soft labels.
+
+    ``init``, a student distilled from the same teacher (progressive distillation's first stage), is where the
+    student starts instead of the teacher's layers; only its width is pruned further.
+    """
     teacher = load_checkpoint(Path(src))
     dataset = load_dataset(config.data)
     if dataset.label_names != teacher.labels:
@@ -142,23 +212,29 @@ def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False)
             f"but `{config.data.name}` has {list(dataset.label_names)[:5]}…; distill on the teacher's dataset"
         )
     layers = pick_layers(teacher.model.encoder.config.num_hidden_layers, config)
-    student = make_student(teacher.model, layers)
+    student = make_student(teacher.model, layers) if init is None else _first_stage(Path(init), layers)
     tokenizer = load_tokenizer((Path(src) / "tokenizer.json").read_text(encoding="utf-8"), config.max_length)
     texts = dataset.train.texts
     on = _train.device()
     teacher.model.to(on)  # for the soft labels, and for the hidden-state targets on every step
-    if config.heads or config.ffn:
-        _prune(student, teacher.model, layers, tokenizer, dataset.train, config)
+    kept = None
+    if config.heads or config.ffn or config.hidden:
+        pruning = config if init is None else dataclasses.replace(config, heads=None, ffn=None)  # done in stage 1
+        kept = _prune(student, teacher.model, layers, tokenizer, dataset.train, pruning)
     if config.soft_targets == "scores":
         soft = torch.from_numpy(scores_as_logits(Path(config.data.name), texts, teacher.labels)).to(on)
     else:
         if config.augment:
             texts = texts + tuple(_augmented(teacher.model, tokenizer, texts, config))
-        soft = torch.from_numpy(_train.predict_logits(teacher.model, tokenizer, texts, desc="teacher soft labels"))
-        soft = soft.to(on)
+        soft = torch.from_numpy(_soft_labels(teacher.model, tokenizer, texts, Path(src), cache)).to(on)
     # augmented rows have no gold label (-1): they learn from the teacher alone
     gold = torch.tensor(dataset.train.labels + (-1,) * (len(texts) - len(dataset.train.texts))).to(on)
     T = config.temperature
+    # a narrower student meets the teacher's hidden states through a projection, trained with it (a submodule while
+    # training), dropped before saving
+    proj = _projection(student, teacher.model, kept) if config.hidden_weight and kept is not None else None
+    if proj is not None:
+        student.hidden_proj = proj
 
     def loss_fn(m: TextClassifier, feed: _train.Feed, idx: list[int]) -> torch.Tensor:
         pooled, hidden = m.encode(**feed, hidden_states=config.hidden_weight > 0)
@@ -177,18 +253,25 @@ def distill(src: Path, out: Path, config: DistillConfig, *, force: bool = False)
                 _, t_hidden = teacher.model.encode(**feed, hidden_states=True)
             assert hidden is not None and t_hidden is not None
             mask = feed["attention_mask"].unsqueeze(-1).float()
+            width = t_hidden[0].shape[-1]
+            student_hidden = [proj(h) for h in hidden] if proj is not None else hidden
             mse = sum(
-                (((hidden[i + 1] - t_hidden[j + 1]) ** 2) * mask).sum() / (mask.sum() * hidden[i + 1].shape[-1])
+                (((student_hidden[i + 1] - t_hidden[j + 1]) ** 2) * mask).sum() / (mask.sum() * width)
                 for i, j in enumerate(layers)
             )
             loss = loss + config.hidden_weight * mse / len(layers)
         return loss
 
-    stats = _train.train(student, tokenizer, texts, config, loss_fn, f"distill {len(layers)}-layer student")
+    try:
+        stats = _train.train(student, tokenizer, texts, config, loss_fn, f"distill {len(layers)}-layer student")
+    finally:
+        if proj is not None:
+            del student.hidden_proj
     meta = {
         "step": "distill",
         "teacher": str(src),
         "teacher_layers": list(layers),
+        "first_stage": str(init) if init is not None else None,
         "augmented_rows": len(texts) - len(dataset.train.texts),
         "config": dataclasses.asdict(config),
         "train": stats,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import tempfile
 import tomllib
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .._fs import atomic_dir, write_bytes
+from .._fs import atomic_dir, write_array
 from ..errors import ConfigError, DataError
 
 __all__ = ["NanoConfig", "build_nano", "load_nano_recipe", "param_count"]
@@ -109,12 +108,6 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _pca(table: np.ndarray, width: int) -> np.ndarray:
     """The ``width`` principal directions of the teacher's embedding rows (``hidden x width``)."""
     centered = table - table.mean(0, keepdims=True)
@@ -170,7 +163,7 @@ def build_nano(teacher_recipe: Path, out: Path, config: NanoConfig, *, cache: Pa
     teacher_tok = (teacher_dir / "tokenizer.json").read_text(encoding="utf-8")
     cached = cache / f"nano-soft-{_key(str(teacher_int8.resolve()), config.seed, config.teacher_rows)}.npy"
     if not cached.is_file():  # the teacher's labels are most of a CPU build's time: reuse them across runs
-        write_bytes(cached, _npy(_teacher_logits(teacher_int8, teacher_tok, texts)))
+        write_array(cached, _teacher_logits(teacher_int8, teacher_tok, texts))
     soft = torch.from_numpy(np.load(cached, allow_pickle=False))
 
     with tempfile.TemporaryDirectory(prefix="edgeslm-nano-") as tmp:
