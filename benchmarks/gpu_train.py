@@ -56,6 +56,14 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
         "2L-h6-f384-w192-aug4": {**_PRUNED, **_AUG4, "distill.hidden": 192},
         # ... and progressively: 2L-h6-f384-aug4 is its first stage, narrowed to 192 and distilled again
         "2L-h6-f384-w192-prog": {**_PRUNED, **_AUG4, "distill.hidden": 192, "distill.progressive": True},
+        # ... + the hidden-state loss through a learned 192 -> 384 projection (TinyBERT's intermediate loss)
+        "2L-h6-f384-w192-prog-hs": {
+            **_PRUNED,
+            **_AUG4,
+            "distill.hidden": 192,
+            "distill.progressive": True,
+            "distill.hidden_weight": 1.0,
+        },
     },
     "clinc150": {
         "2L": {},

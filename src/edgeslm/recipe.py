@@ -155,7 +155,8 @@ class DistillConfig:
             '`augment` needs a local teacher to label the new texts; a black-box teacher (soft_targets = "scores") '
             "labelled only the rows in the data file: label augmented rows with `edgeslm label` instead",
         )
-        _check(not self.progressive or self.hidden is not None, "`progressive` distills in two widths: set `hidden` too")
+        two_widths = not self.progressive or self.hidden is not None
+        _check(two_widths, "`progressive` distills in two widths: set `hidden` too")
         for name in ("kd_weight", "ce_weight", "hidden_weight"):
             _check(getattr(self, name) >= 0, f"`{name}` must be >= 0, got {getattr(self, name)!r}")
         _check(self.kd_weight + self.ce_weight > 0, "`kd_weight` and `ce_weight` cannot both be 0")
