@@ -93,8 +93,7 @@ def _prune(
         (_train.to_torch(encode(tokenizer, [train.texts[i] for i in rows[b : b + 32]]), on), rows[b : b + 32])
         for b in range(0, n, 32)
     ]
-    scores = prune.importance(teacher, feeds, lambda logits, idx: F.cross_entropy(logits, gold[idx].to(on)))
-    heads, ffn, hidden = scores
+    heads, ffn, hidden = prune.importance(teacher, feeds, lambda logits, idx: F.cross_entropy(logits, gold[idx].to(on)))
     keep = list(layers)
     if config.heads or config.ffn:
         prune.narrow(student, heads[keep], ffn[keep], *(value or limit for value, limit in limits.values()))
@@ -158,8 +157,8 @@ def _soft_labels(
 ) -> np.ndarray:
     """The teacher's logits on ``texts``, kept in ``cache`` (the build cache) when one is given.
 
-    Labelling an augmented train set is most of a CPU distill (13 minutes for SST-2 x 4 here); students of other
-    shapes from the same teacher and texts reuse it. Keyed by the teacher's weights and the texts themselves.
+    Labelling an augmented train set is a large part of a CPU distill (5-13 minutes for SST-2 x 4 here); students
+    of other shapes from the same teacher and texts reuse it. Keyed by the teacher's weights and the texts themselves.
     """
     file = None
     if cache is not None:
