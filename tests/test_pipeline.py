@@ -54,6 +54,7 @@ def test_build_writes_bundle_and_report(built: Path) -> None:
     report = json.loads((built / "report.json").read_text())
     names = [m["name"] for m in report["models"]]
     assert names == ["teacher", "teacher one-click", "student", "student bundle"]
+    assert report["qat"]["mode"] == "auto" and "ptq_drop_points" in report["qat"]  # measured, QAT or not
     for m in report["models"]:
         assert m["eval_rows"] == 100 and m["latency_rows"] == 20 and m["threads"] == 1
         assert m["p95_ms"] >= m["p50_ms"] > 0 and m["peak_rss_mb"] > 10 and m["size_mb"] > 0 and m["parameters"] > 0

@@ -113,8 +113,13 @@ class Steps:
         )
         return onnx, int8
 
-    def distilled(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> tuple[Path, str]:
-        """The student checkpoint alone (a GPU machine trains these; the CPU exports and measures them)."""
+    def distilled(
+        self, teacher: Path, k_teacher: str, recipe: Recipe | None = None, *, qat: bool = False
+    ) -> tuple[Path, str]:
+        """The student checkpoint alone (a GPU machine trains these; the CPU exports and measures them).
+
+        With ``qat``, that student distilled once more with its dynamic INT8 rounding simulated (its own step).
+        """
         from .compress.distill import distill
 
         rc = recipe or self.recipe
@@ -123,17 +128,34 @@ class Steps:
             wide = dataclasses.replace(rc.distill, hidden=None, progressive=False)
             init, _ = self.distilled(teacher, k_teacher, dataclasses.replace(rc, distill=wide))
         key = _key("distill", k_teacher, rc.distill)
-        return self.step("distill", key, lambda o: distill(teacher, o, rc.distill, cache=self.cache, init=init))
+        ckpt, key = self.step("distill", key, lambda o: distill(teacher, o, rc.distill, cache=self.cache, init=init))
+        if not qat:
+            return ckpt, key
+        simulate = rc.quantize
+        if not isinstance(simulate, Int8DynamicConfig):
+            raise ConfigError(f"quantization-aware training simulates Int8DynamicConfig, not {type(simulate).__name__}")
+        q = rc.qat  # prediction-layer loss only: the student's shape and its hidden states are settled
+        aware = dataclasses.replace(rc.distill, epochs=q.epochs, learning_rate=q.learning_rate, hidden_weight=0.0)
+        return self.step(
+            "qat",
+            _key("qat", key, aware, simulate.per_channel),
+            lambda o: distill(teacher, o, aware, cache=self.cache, init=ckpt, simulate=simulate),
+        )
 
-    def student(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> dict[str, Path]:
-        """Distill (and trim), export and quantize a student; returns the folders of each stage."""
+    def student(
+        self, teacher: Path, k_teacher: str, recipe: Recipe | None = None, *, qat: bool | None = None
+    ) -> dict[str, Path]:
+        """Distill (QAT when ``qat``, by default when `[qat] mode = "always"`), trim, export and quantize a student.
+
+        Returns the folders of each stage.
+        """
         from .compress.cluster import cluster
         from .compress.quantize import quantize
         from .compress.trim import trim_vocab
         from .export.onnx import export_onnx
 
         rc = recipe or self.recipe
-        ckpt, k = self.distilled(teacher, k_teacher, rc)
+        ckpt, k = self.distilled(teacher, k_teacher, rc, qat=rc.qat.mode == "always" if qat is None else qat)
         if rc.trim.enabled:
             untrimmed = ckpt
             ckpt, k = self.step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
@@ -216,7 +238,7 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
         f"{len(ds.label_names)} labels"
     )
     teacher, k_teacher = steps.teacher()
-    student = steps.student(teacher, k_teacher)
+    student, qat = _quantization_aware(steps, teacher, k_teacher, steps.student(teacher, k_teacher))
     teacher_onnx, teacher_int8 = steps.one_click(teacher, k_teacher)
 
     with atomic_dir(out, force=force) as tmp:
@@ -249,6 +271,7 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
                 "train_rows": len(ds.train),
                 "export_check": manifest.extra["export_check"],
                 "trim_check": (manifest.extra.get("trim") or {}).get("check"),
+                "qat": qat,
                 "training": {"teacher": _train_stats(teacher), "student": _train_stats(student["student"])},
                 "step_seconds": steps.seconds,
                 "artifacts": {  # absolute: later commands (personalize, federate) run from any folder
@@ -276,6 +299,38 @@ def build(recipe: Recipe, out: Path, *, force: bool = False, log: Log | None = N
         write_json(tmp / "report.json", report)
         write_html(report, tmp / "report.html")
     return BuildResult(out, out / "bundle", report)
+
+
+def _quantization_aware(
+    steps: Steps, teacher: Path, k_teacher: str, student: dict[str, Path]
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """`[qat] mode = "auto"`: when INT8 costs more than ``max_drop`` points, build the QAT student and keep the better.
+
+    Both students are measured on the eval split, the report's accuracy; returns the folders to ship and a record of
+    what was measured and chosen.
+    """
+    rc = steps.recipe
+    info: dict[str, Any] = {"mode": rc.qat.mode, "used": rc.qat.mode == "always"}
+    if rc.qat.mode != "auto" or not isinstance(rc.quantize, Int8DynamicConfig):
+        return student, info
+
+    def points(path: Path) -> float:
+        return 100 * float(steps.measure(path, rc.eval)["accuracy"])
+
+    fp32, int8 = points(student["student_onnx"]), points(student["student_quantized"])
+    info.update(max_drop=rc.qat.max_drop, ptq_drop_points=round(fp32 - int8, 2))
+    if fp32 - int8 <= rc.qat.max_drop:
+        return student, info
+    steps.log(f"INT8 cost the student {fp32 - int8:.2f} points (> {rc.qat.max_drop}): quantization-aware training")
+    aware = steps.student(teacher, k_teacher, qat=True)
+    qat_int8 = points(aware["student_quantized"])
+    info.update(
+        qat_drop_points=round(points(aware["student_onnx"]) - qat_int8, 2),
+        ptq_int8_accuracy=round(int8, 2),
+        qat_int8_accuracy=round(qat_int8, 2),
+        used=qat_int8 >= int8,
+    )
+    return (aware if info["used"] else student), info
 
 
 def _train_stats(checkpoint: Path) -> dict[str, Any]:

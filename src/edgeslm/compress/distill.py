@@ -6,11 +6,13 @@ cloud teacher returned, read from the data file.
 Loss = kd_weight · T² · KL(teacher_T ‖ student_T) + ce_weight · CE(student, gold) [+ hidden_weight · masked MSE of
 the student's layer outputs against the teacher layers they were copied from; a student narrowed by ``hidden``
 meets them through a learned projection]. With ``augment = N`` the train set gains N word-swapped variants per text
-(compress/augment.py) that learn from the teacher's soft labels alone.
+(compress/augment.py) that learn from the teacher's soft labels alone. With ``simulate``, a finished student keeps
+distilling while it computes as its INT8 export will (quantization-aware training, compress/qat.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -27,9 +29,10 @@ from .._fs import atomic_dir, sha256_file, write_array
 from ..data import Split, load_dataset
 from ..errors import ConfigError, DataError
 from ..models import TextClassifier, load_checkpoint, save_checkpoint
-from ..recipe import DistillConfig
+from ..recipe import DistillConfig, Int8DynamicConfig
 from ..runtime.predictor import encode, load_tokenizer
 from . import augment, prune
+from .qat import simulated_int8
 
 __all__ = ["distill", "pick_layers", "scores_as_logits"]
 
@@ -197,12 +200,19 @@ def distill(
     force: bool = False,
     cache: Path | None = None,
     init: Path | None = None,
+    simulate: Int8DynamicConfig | None = None,
 ) -> Path:
     """Distill the teacher checkpoint ``src`` into a student checkpoint ``out``; ``cache`` keeps soft labels.
 
     ``init``, a student distilled from the same teacher (progressive distillation's first stage), is where the
-    student starts instead of the teacher's layers; only its width is pruned further.
+    student starts instead of the teacher's layers; only its width is pruned further. With ``simulate`` (QAT),
+    ``init`` is a finished student: it trains at its own shape with that INT8 scheme's rounding in every forward pass.
     """
+    if simulate is not None and (init is None or config.hidden_weight):
+        raise ConfigError(
+            "quantization-aware training continues a finished student on the prediction-layer loss: pass `init` "
+            "and set `hidden_weight` to 0"
+        )
     teacher = load_checkpoint(Path(src))
     dataset = load_dataset(config.data)
     if dataset.label_names != teacher.labels:
@@ -217,7 +227,7 @@ def distill(
     on = _train.device()
     teacher.model.to(on)  # for the soft labels, and for the hidden-state targets on every step
     kept = None
-    if config.heads or config.ffn or config.hidden:
+    if (config.heads or config.ffn or config.hidden) and simulate is None:
         pruning = config if init is None else dataclasses.replace(config, heads=None, ffn=None)  # done in stage 1
         kept = _prune(student, teacher.model, layers, tokenizer, dataset.train, pruning)
     if config.soft_targets == "scores":
@@ -261,8 +271,10 @@ def distill(
             loss = loss + config.hidden_weight * mse / len(layers)
         return loss
 
+    desc = f"{'quantization-aware ' if simulate else ''}distill {len(layers)}-layer student"
     try:
-        stats = _train.train(student, tokenizer, texts, config, loss_fn, f"distill {len(layers)}-layer student")
+        with simulated_int8(student, simulate) if simulate else contextlib.nullcontext():
+            stats = _train.train(student, tokenizer, texts, config, loss_fn, desc)
     finally:
         if proj is not None:
             del student.hidden_proj
@@ -272,6 +284,7 @@ def distill(
         "teacher_layers": list(layers),
         "first_stage": str(init) if init is not None else None,
         "augmented_rows": len(texts) - len(dataset.train.texts),
+        "simulated": dataclasses.asdict(simulate) if simulate else None,
         "config": dataclasses.asdict(config),
         "train": stats,
     }
