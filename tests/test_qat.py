@@ -13,11 +13,20 @@ from safetensors.numpy import load_file
 import edgeslm
 from edgeslm.compress.distill import distill
 from edgeslm.compress.qat import simulated_int8
+from edgeslm.compress.trim import trim_vocab
 from edgeslm.export.onnx import export_onnx
 from edgeslm.finetune import finetune
 from edgeslm.models import load_checkpoint
 from edgeslm.pipeline import _quantization_aware
-from edgeslm.recipe import DistillConfig, ExportConfig, FinetuneConfig, Int8DynamicConfig, QatConfig, Recipe
+from edgeslm.recipe import (
+    DistillConfig,
+    ExportConfig,
+    FinetuneConfig,
+    Int8DynamicConfig,
+    QatConfig,
+    Recipe,
+    TrimConfig,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +70,18 @@ def test_simulated_int8_computes_what_onnxruntime_ships(
     assert set(model.state_dict()) == set(load_file(str(student / "model.safetensors")))
 
 
-def test_qat_continues_a_finished_student_at_its_shape(
+def test_qat_continues_a_trimmed_student_at_its_shape(
     trained: list[Path], tiny_data: edgeslm.DataConfig, tmp_path: Path
 ) -> None:
-    teacher, student = trained
+    """QAT follows the trim (pipeline order): the trimmed table, tokenizer and trim record survive it."""
+    teacher, untrimmed = trained
+    student = trim_vocab(untrimmed, tmp_path / "trimmed", TrimConfig(data=tiny_data, enabled=True, alias=True))
     config = DistillConfig(data=tiny_data, num_layers=1, epochs=1, batch_size=16, learning_rate=1e-3)
     aware = distill(teacher, tmp_path / "qat", config, init=student, simulate=Int8DynamicConfig())
     meta = json.loads((aware / "edgeslm.json").read_text())
     assert meta["simulated"]["per_channel"] is False and meta["first_stage"] == str(student)
+    assert meta["trim"] == json.loads((student / "edgeslm.json").read_text())["trim"]
+    assert (aware / "tokenizer.json").read_bytes() == (student / "tokenizer.json").read_bytes()
     before, after = load_file(str(student / "model.safetensors")), load_file(str(aware / "model.safetensors"))
     assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
     assert not np.allclose(before["head.weight"], after["head.weight"])  # it trained

@@ -113,13 +113,8 @@ class Steps:
         )
         return onnx, int8
 
-    def distilled(
-        self, teacher: Path, k_teacher: str, recipe: Recipe | None = None, *, qat: bool = False
-    ) -> tuple[Path, str]:
-        """The student checkpoint alone (a GPU machine trains these; the CPU exports and measures them).
-
-        With ``qat``, that student distilled once more with its dynamic INT8 rounding simulated (its own step).
-        """
+    def distilled(self, teacher: Path, k_teacher: str, recipe: Recipe | None = None) -> tuple[Path, str]:
+        """The student checkpoint alone (a GPU machine trains these; the CPU exports and measures them)."""
         from .compress.distill import distill
 
         rc = recipe or self.recipe
@@ -128,12 +123,18 @@ class Steps:
             wide = dataclasses.replace(rc.distill, hidden=None, progressive=False)
             init, _ = self.distilled(teacher, k_teacher, dataclasses.replace(rc, distill=wide))
         key = _key("distill", k_teacher, rc.distill)
-        ckpt, key = self.step("distill", key, lambda o: distill(teacher, o, rc.distill, cache=self.cache, init=init))
-        if not qat:
-            return ckpt, key
+        return self.step("distill", key, lambda o: distill(teacher, o, rc.distill, cache=self.cache, init=init))
+
+    def quantization_aware(self, teacher: Path, ckpt: Path, key: str, rc: Recipe) -> tuple[Path, str]:
+        """The (trimmed) student ``ckpt`` distilled once more with its dynamic INT8 rounding simulated."""
+        from .compress.distill import distill
+
         simulate = rc.quantize
         if not isinstance(simulate, Int8DynamicConfig):
-            raise ConfigError(f"quantization-aware training simulates Int8DynamicConfig, not {type(simulate).__name__}")
+            raise ConfigError(
+                f"quantization-aware training simulates dynamic INT8, but the recipe quantizes with "
+                f'{type(simulate).__name__}; set `[quantize] method = "int8-dynamic"` or `[qat] mode = "off"`'
+            )
         q = rc.qat  # prediction-layer loss only: the student's shape and its hidden states are settled
         aware = dataclasses.replace(rc.distill, epochs=q.epochs, learning_rate=q.learning_rate, hidden_weight=0.0)
         return self.step(
@@ -145,9 +146,10 @@ class Steps:
     def student(
         self, teacher: Path, k_teacher: str, recipe: Recipe | None = None, *, qat: bool | None = None
     ) -> dict[str, Path]:
-        """Distill (QAT when ``qat``, by default when `[qat] mode = "always"`), trim, export and quantize a student.
+        """Distill, trim, QAT (when ``qat``; by default when `[qat] mode = "always"`), cluster, export and quantize.
 
-        Returns the folders of each stage.
+        Returns the folders of each stage. QAT follows the trim: it simulates the model that will be quantized, and
+        teacher-labelled augmented rows teach it the trimmed tokenizer's aliases.
         """
         from .compress.cluster import cluster
         from .compress.quantize import quantize
@@ -155,10 +157,12 @@ class Steps:
         from .export.onnx import export_onnx
 
         rc = recipe or self.recipe
-        ckpt, k = self.distilled(teacher, k_teacher, rc, qat=rc.qat.mode == "always" if qat is None else qat)
+        ckpt, k = self.distilled(teacher, k_teacher, rc)
         if rc.trim.enabled:
             untrimmed = ckpt
             ckpt, k = self.step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
+        if rc.qat.mode == "always" if qat is None else qat:
+            ckpt, k = self.quantization_aware(teacher, ckpt, k, rc)
         if rc.cluster.enabled:
             unclustered = ckpt
             key = _key("cluster", k, rc.cluster)
@@ -320,6 +324,7 @@ def _quantization_aware(
     fp32, int8 = points(student["student_onnx"]), points(student["student_quantized"])
     info.update(max_drop=rc.qat.max_drop, ptq_drop_points=round(fp32 - int8, 2))
     if fp32 - int8 <= rc.qat.max_drop:
+        steps.log(f"[dim]INT8 cost the student {fp32 - int8:.2f} points (≤ {rc.qat.max_drop}): no QAT needed[/dim]")
         return student, info
     steps.log(f"INT8 cost the student {fp32 - int8:.2f} points (> {rc.qat.max_drop}): quantization-aware training")
     aware = steps.student(teacher, k_teacher, qat=True)

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +111,6 @@ def scores_as_logits(path: Path, texts: tuple[str, ...], labels: tuple[str, ...]
     whose softmax is p again, so the temperature-scaled KL below treats it exactly like a local teacher's logits.
     A label the API left out gets the leftover probability mass, shared evenly.
     """
-    import json
-
     by_text: dict[str, object] = {}
     try:
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -206,7 +205,8 @@ def distill(
 
     ``init``, a student distilled from the same teacher (progressive distillation's first stage), is where the
     student starts instead of the teacher's layers; only its width is pruned further. With ``simulate`` (QAT),
-    ``init`` is a finished student: it trains at its own shape with that INT8 scheme's rounding in every forward pass.
+    ``init`` is a finished, possibly trimmed student: it trains at its own shape, reading the texts with its own
+    tokenizer, with that INT8 scheme's rounding in every forward pass, and keeps its metadata (the trim's).
     """
     if simulate is not None and (init is None or config.hidden_weight):
         raise ConfigError(
@@ -272,13 +272,20 @@ def distill(
         return loss
 
     desc = f"{'quantization-aware ' if simulate else ''}distill {len(layers)}-layer student"
+    # QAT reads with the student's tokenizer: a trimmed one maps unseen words to aliases, which the augmented rows
+    # (labelled by the teacher on the original text) teach it to read
+    qat_from = Path(init) if simulate is not None and init is not None else None
+    own = (qat_from or Path(src)) / "tokenizer.json"
+    reader = load_tokenizer(own.read_text(encoding="utf-8"), config.max_length) if qat_from else tokenizer
     try:
         with simulated_int8(student, simulate) if simulate else contextlib.nullcontext():
-            stats = _train.train(student, tokenizer, texts, config, loss_fn, desc)
+            stats = _train.train(student, reader, texts, config, loss_fn, desc)
     finally:
         if proj is not None:
             del student.hidden_proj
+    kept_meta = json.loads((qat_from / "edgeslm.json").read_text(encoding="utf-8")) if qat_from else {}
     meta = {
+        **{k: kept_meta[k] for k in ("trim",) if k in kept_meta},
         "step": "distill",
         "teacher": str(src),
         "teacher_layers": list(layers),
@@ -289,5 +296,5 @@ def distill(
         "train": stats,
     }
     with atomic_dir(Path(out), force=force) as tmp:
-        save_checkpoint(student, tmp, Path(src) / "tokenizer.json", teacher.labels, teacher.max_length, meta)
+        save_checkpoint(student, tmp, own, teacher.labels, teacher.max_length, meta)
     return Path(out)
