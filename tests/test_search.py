@@ -136,3 +136,14 @@ def test_search_can_weigh_residual_widths(root: Path, tiny_base: Path, tiny_data
     assert set(rows) == {16, 32} and rows[16]["parameters"] < rows[32]["parameters"]
     with pytest.raises(edgeslm.ConfigError, match="`hidden` must list widths > 0, got \\(0,\\)"):
         SearchConfig(hidden=(0,))
+
+
+def test_search_can_weigh_qat(root: Path, tiny_base: Path, tiny_data: edgeslm.DataConfig) -> None:
+    """With and without quantization-aware training become two real trials; QAT is its own cached step."""
+    recipe = _recipe(tiny_base, tiny_data, 2)
+    space = dataclasses.replace(recipe.search, layers=(1,), trim=(False,), qat=(False, True))
+    found = search(dataclasses.replace(recipe, search=space), root / "q", "host")
+    assert sorted(r["qat"] for r in found.report["trials"]) == [False, True]
+    assert any((root / ".edgeslm-cache").glob("qat-*"))
+    with pytest.raises(edgeslm.ConfigError, match="`qat` must list at least one"):
+        SearchConfig(qat=())

@@ -38,7 +38,13 @@ class SearchResult:
 
 
 def _trial_recipe(
-    recipe: Recipe, layers: int, method: str, trim: bool, cluster: bool = False, hidden: int | None = None
+    recipe: Recipe,
+    layers: int,
+    method: str,
+    trim: bool,
+    cluster: bool = False,
+    hidden: int | None = None,
+    qat: bool = False,
 ) -> Recipe:
     width = hidden or recipe.distill.hidden
     return dataclasses.replace(
@@ -47,12 +53,13 @@ def _trial_recipe(
         trim=dataclasses.replace(recipe.trim, enabled=trim),
         cluster=dataclasses.replace(recipe.cluster, enabled=cluster),
         quantize=QUANTIZE_METHODS[method](),
+        qat=dataclasses.replace(recipe.qat, mode="always" if qat else "off"),
     )
 
 
 def _params(trial: Any) -> dict[str, Any]:
-    """A trial's recipe choices; a trial stored before clustering was a choice ran without it."""
-    return {"cluster": False, **trial.params}
+    """A trial's recipe choices; a trial stored before clustering or QAT was a choice ran without them."""
+    return {"cluster": False, "qat": False, **trial.params}
 
 
 def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,6 +129,7 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
     storage = config.storage or f"sqlite:///{(cache / 'search.db').resolve()}"
     # One study per search space: trials from another space (say, without clustering) must not answer this one.
     searched = [config.layers, config.quantize, config.trim, config.cluster, recipe.cluster, config.hidden]
+    searched += [config.qat, recipe.qat]
     study_name = f"edgeslm-{_key(k_teacher, recipe.distill, recipe.trim, recipe.export, recipe.eval, device, searched)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(optuna, study_name, storage)
@@ -136,12 +144,18 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         trim = trial.suggest_categorical("trim", list(config.trim))
         clustered = trial.suggest_categorical("cluster", list(config.cluster))
         hidden = trial.suggest_categorical("hidden", list(config.hidden)) if config.hidden else None
+        qat = trial.suggest_categorical("qat", list(config.qat))
         if any(_params(t) == trial.params for t in study.get_trials(deepcopy=False, states=complete)):
             raise optuna.TrialPruned("the same recipe was already measured")
-        r = _trial_recipe(recipe, layers, method, trim, clustered, hidden)
+        if qat and method != "int8-dynamic":
+            raise optuna.TrialPruned("QAT simulates int8-dynamic only")
+        r = _trial_recipe(recipe, layers, method, trim, clustered, hidden, qat)
         on_off = {True: "on", False: "off"}
         shape = f"{layers} layer(s)" + (f", width {hidden}" if hidden else "")
-        say(f"trial {trial.number}: {shape}, {method}, trim {on_off[trim]}, cluster {on_off[clustered]}")
+        say(
+            f"trial {trial.number}: {shape}, {method}, trim {on_off[trim]}, cluster {on_off[clustered]}, "
+            f"qat {on_off[qat]}"
+        )
         parts = steps.student(teacher, k_teacher, r)
         bundle, _ = steps.step(
             "bundle",
@@ -158,7 +172,12 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         return metrics["accuracy"], metrics["p50_ms"], metrics["size_mb"]
 
     space = (
-        len(config.layers) * len(config.quantize) * len(config.trim) * len(config.cluster) * len(config.hidden or [0])
+        len(config.layers)
+        * len(config.quantize)
+        * len(config.trim)
+        * len(config.cluster)
+        * len(config.hidden or [0])
+        * len(config.qat)
     )
     target = min(config.trials, space)  # never more distinct recipes than the space holds
     done = len(study.get_trials(deepcopy=False, states=complete))
@@ -204,5 +223,6 @@ def search(recipe: Recipe, out: Path, device: str, *, force: bool = False, log: 
         final = dataclasses.replace(manifest, metrics={k: v for k, v in chosen_metrics.items() if k != "predictions"})
         write_json(tmp / "bundle" / MANIFEST, final.to_dict())
         write_json(tmp / "search.json", report)
-    say(json.dumps({k: best[k] for k in ("layers", "quantize", "trim", "cluster", "accuracy", "p50_ms", "size_mb")}))
+    chosen = ("layers", "hidden", "quantize", "trim", "cluster", "qat", "accuracy", "p50_ms", "size_mb")
+    say(json.dumps({k: best[k] for k in chosen if k in best}))
     return SearchResult(out, out / "bundle", report)
