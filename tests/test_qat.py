@@ -136,3 +136,16 @@ def test_qat_config_errors() -> None:
     with pytest.raises(edgeslm.ConfigError, match="simulates int8-dynamic, but `quantize.method` is .int4-weight-only"):
         edgeslm.load_recipe(None, {"qat.mode": "always", "quantize.method": "int4-weight-only"})
     assert edgeslm.load_recipe(None, {"quantize.method": "int4-weight-only"}).qat.mode == "auto"  # auto: skipped
+
+
+def test_cli_names_the_recipe_section_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgeslm.cli import app
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[qat]\nmode = "always"\n[quantize]\nmethod = "int4-weight-only"\n')
+    result = CliRunner().invoke(app, ["build", "--recipe", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert '`[qat] mode = "always"` simulates int8-dynamic' in " ".join(result.output.split())  # not eaten as markup
+    assert not (tmp_path / "o").exists()

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ConfigError, EdgeSLMError
@@ -36,7 +37,8 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EdgeSLMError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            # escaped: messages quote recipe sections (`[qat]`), which rich would read as markup and drop
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[red]interrupted:[/red] nothing half-written was kept; finished steps are cached for a re-run")
