@@ -44,6 +44,11 @@ def _positive(name: str, value: float) -> None:
     _check(value > 0, f"`{name}` must be > 0, got {value!r}")
 
 
+def _points(name: str, value: float) -> None:
+    """An accuracy tolerance: a number >= 0 (NaN fails both comparisons, so it is refused too)."""
+    _check(value == value and value >= 0, f"`{name}` must be a number >= 0 (accuracy points), got {value!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the labelled text comes from and how it is split."""
@@ -312,10 +317,7 @@ class QatConfig:
 
     def __post_init__(self) -> None:
         _check(self.mode in QAT_MODES, f"`mode` must be one of {', '.join(QAT_MODES)}, got {self.mode!r}")
-        _check(
-            self.max_drop == self.max_drop and self.max_drop >= 0,
-            f"`max_drop` must be a number >= 0 (accuracy points), got {self.max_drop!r}",
-        )
+        _points("max_drop", self.max_drop)
         for name in ("epochs", "learning_rate"):
             _positive(name, getattr(self, name))
 
@@ -357,10 +359,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         _positive("trials", self.trials)
-        _check(
-            self.max_accuracy_drop == self.max_accuracy_drop and self.max_accuracy_drop >= 0,
-            f"`max_accuracy_drop` must be a number >= 0 (accuracy points), got {self.max_accuracy_drop!r}",
-        )
+        _points("max_accuracy_drop", self.max_accuracy_drop)
         _check(bool(self.layers) and min(self.layers) > 0, f"`layers` must list depths > 0, got {self.layers!r}")
         for name in ("trim", "cluster", "qat"):
             _check(bool(getattr(self, name)), f"`{name}` must list at least one of false, true")

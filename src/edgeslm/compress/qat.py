@@ -28,20 +28,24 @@ from ..recipe import Int8DynamicConfig
 __all__ = ["simulated_int8"]
 
 
+def _uint8(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of UINT8 over [lo, hi] widened to hold zero, as onnxruntime computes them."""
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    scale = ((hi - lo) / 255).clamp(min=1e-12).float()
+    return scale, torch.round(-lo / scale).clamp(0, 255).to(torch.int32)
+
+
 def _uint8_rows(x: torch.Tensor) -> torch.Tensor:
-    """UINT8 over each row's own range, zero included (DynamicQuantizeLinear, one sentence per row)."""
+    """UINT8 over each row's own range (DynamicQuantizeLinear, one sentence per row)."""
     flat = x.detach().reshape(x.shape[0], -1)
-    lo, hi = flat.amin(1).clamp(max=0), flat.amax(1).clamp(min=0)
-    scale = ((hi - lo) / 255).clamp(min=1e-12)
-    zero = torch.round(-lo / scale).clamp(0, 255).to(torch.int32)
-    return torch.fake_quantize_per_channel_affine(x, scale.float(), zero, 0, 0, 255)
+    scale, zero = _uint8(flat.amin(1), flat.amax(1))
+    return torch.fake_quantize_per_channel_affine(x, scale, zero, 0, 0, 255)
 
 
 def _uint8_table(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rows looked up from ``table``, rounded as the UINT8 table onnxruntime stores (one scale per table)."""
-    lo, hi = float(table.detach().min().clamp(max=0)), float(table.detach().max().clamp(min=0))
-    scale = max((hi - lo) / 255, 1e-12)
-    return torch.fake_quantize_per_tensor_affine(x, scale, round(-lo / scale), 0, 255)
+    scale, zero = _uint8(table.detach().min(), table.detach().max())
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
 
 
 class _Int8Weight(torch.nn.Module):
