@@ -2,10 +2,11 @@
 
     python benchmarks/bench_compress.py [--datasets sst2 clinc150] [--latency-rows N]
 
-The teachers and students are the full-data ones of `gpu_train.py` (trained on a lent GPU, unpacked into
-out/.edgeslm-cache); this script trims, clusters, exports and quantizes each student here (cached build steps),
-scores every system on every eval row at batch 1, then times them round-robin on the first --latency-rows
-sentences (batch 1, one intra-op thread, the first system rotating per sentence).
+The teachers and students are the full-data ones of `gpu_train.py` (trained on a lent GPU and unpacked into
+out/.edgeslm-cache, or trained here with `gpu_train.py train`); this script trims, clusters, exports and quantizes
+each student here (cached build steps), scores every system on every eval row at batch 1, then times them
+round-robin on the first --latency-rows sentences (batch 1, one intra-op thread, the first system rotating per
+sentence).
 Writes benchmarks/results/compress_<dataset>.json.
 
 Systems: the teacher in PyTorch FP32 (what a naive user runs) and through the one-click path (ORT dynamic INT8);
@@ -30,7 +31,7 @@ from bench_latency import round_robin
 from edgeslm import load_recipe
 from edgeslm.evaluate import classification_metrics
 from edgeslm.models import load_checkpoint
-from edgeslm.pipeline import Steps, write_student_bundle
+from edgeslm.pipeline import Steps, _key, write_student_bundle
 from edgeslm.runtime import encode, load_tokenizer
 from edgeslm.runtime.predictor import session_options
 from gpu_train import RECIPES, STUDENTS, recipe
@@ -70,6 +71,7 @@ ALIASED: dict[str, dict[str, dict[str, object]]] = {
         "INT8 alias-trim QAT": {**ALIAS, **QAT},
         "INT8 QAT 1 epoch": {**QAT, "qat.epochs": 1.0, "qat.learning_rate": 2e-5},  # the gentler schedule
     },
+    "2L-h6-f384-w192-prog-wiki": {"INT8 alias-trim QAT": {**ALIAS, **QAT}},  # session 9: + WikiText-2 pieces
 }
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -79,13 +81,16 @@ def _mb(*files: Path) -> float:
 
 
 def systems(
-    ds: str, cache: Path, students: list[str]
+    ds: str, cache: Path, students: list[str], only: list[str] | None = None
 ) -> tuple[dict[str, tuple[Run, object, float]], list[str], list[int], list[str]]:
     """name -> (run(feed) -> logits, tokenizer, bundle MB); plus the eval texts, gold labels and label names."""
     steps = Steps(recipe(ds), cache, print)
+    if not (cache / f"finetune-{_key('finetune', steps.base_key, steps.recipe.finetune)}").is_dir():
+        raise SystemExit(
+            f"no full-data teacher for {ds} in {cache}: train it with `benchmarks/gpu_train.py train --only {ds}` "
+            "(CLINC150: 10 minutes on 2 CPU cores) or bring a GPU's with `gpu_train.py unpack`"
+        )
     teacher, k = steps.teacher()
-    if "carried" not in json.loads((teacher / "edgeslm.json").read_text()):
-        raise SystemExit(f"no GPU-trained teacher for {ds} in {cache}: run benchmarks/gpu_train.py unpack first")
     _, one_click = steps.one_click(teacher, k)
     model = load_checkpoint(teacher).model
     tok = load_tokenizer((teacher / "tokenizer.json").read_text(), 64)
@@ -110,6 +115,8 @@ def systems(
         if student == "2L":
             variants["INT8 mixed"] = MIXED
         for variant, extra in variants.items():
+            if only and variant not in only:
+                continue
             rc = load_recipe(RECIPES[ds], {**STUDENTS[ds][student], **extra})
             folders = steps.student(teacher, k, rc)
             quantized = folders["student_quantized"]
@@ -128,8 +135,10 @@ def systems(
     return out, list(data.eval.texts), list(data.eval.labels), list(data.label_names)
 
 
-def bench(ds: str, cache: Path, latency_rows: int, warmup: int, students: list[str]) -> dict[str, object]:
-    runs, texts, gold, labels = systems(ds, cache, students)
+def bench(
+    ds: str, cache: Path, latency_rows: int, warmup: int, students: list[str], only: list[str] | None = None
+) -> dict[str, object]:
+    runs, texts, gold, labels = systems(ds, cache, students, only)
     results: dict[str, dict[str, float]] = {}
     for n, (run, tok, size) in runs.items():  # accuracy on every eval row at batch 1, as the device runs
         # (dynamic INT8 scales activations per call: a batch's padding and neighbours would change the answers)
@@ -185,10 +194,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--students", nargs="+", help="only these students (with both teachers), in one run")
     ap.add_argument("--tag", default="", help="results file compress_<dataset>[_TAG].json")
+    ap.add_argument("--variants", nargs="+", help='only these variants of each student ("INT8", "INT8 alias-trim")')
     args = ap.parse_args()
     for ds in args.datasets:
         students = [s for s in STUDENTS[ds] if s in args.students] if args.students else list(STUDENTS[ds])
-        result = bench(ds, args.cache, args.latency_rows, args.warmup, students)
+        result = bench(ds, args.cache, args.latency_rows, args.warmup, students, args.variants)
         out = HERE / "results" / f"compress_{ds}{'_' + args.tag if args.tag else ''}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         key = str(result["accuracy_metric"])

@@ -1,4 +1,5 @@
-"""Distillation data augmentation: nearest-neighbour word swaps (pure functions) and a real distill that uses them."""
+"""Distillation data beyond the labelled rows: nearest-neighbour word swaps (pure functions), unlabelled text files,
+and a real distill that uses both."""
 
 from __future__ import annotations
 
@@ -42,9 +43,33 @@ def test_augment_is_refused_with_a_black_box_teacher(tiny_data: edgeslm.DataConf
         DistillConfig(data=tiny_data, augment=2, soft_targets="scores")
     with pytest.raises(ConfigError, match="`augment` must be a whole number of copies from 0 to 100, got -1"):
         DistillConfig(data=tiny_data, augment=-1)
+    with pytest.raises(ConfigError, match="`unlabelled` needs a local teacher"):
+        DistillConfig(data=tiny_data, unlabelled="texts.txt", soft_targets="scores")
 
 
-def test_distill_trains_on_augmented_rows(
+def test_unlabelled_texts_are_read_and_keyed_by_content(tmp_path: Path) -> None:
+    from edgeslm.data import read_texts
+    from edgeslm.errors import DataError
+    from edgeslm.pipeline import distill_key
+
+    file = tmp_path / "texts.txt"
+    file.write_text("play some jazz\n\n  what is the tallest mountain  \n", encoding="utf-8")
+    assert read_texts(file) == ("play some jazz", "what is the tallest mountain")
+    config = DistillConfig(unlabelled=str(file))
+    before = distill_key("k", config)
+    assert before not in (distill_key("k", DistillConfig()), distill_key("k2", config))
+    file.write_text("play some jazz\n", encoding="utf-8")  # same path, other texts: another build
+    assert distill_key("k", config) != before
+    for content, error in [(None, "does not exist"), (b"\n \n", "holds no text"), (b"\xff\xfe", "is not UTF-8")]:
+        bad = tmp_path / "bad.txt"
+        bad.unlink(missing_ok=True)
+        if content is not None:
+            bad.write_bytes(content)
+        with pytest.raises(DataError, match=error):
+            read_texts(bad)
+
+
+def test_distill_trains_on_augmented_and_unlabelled_rows(
     tiny_base: Path, tiny_data: edgeslm.DataConfig, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from edgeslm.compress.distill import distill
@@ -53,7 +78,10 @@ def test_distill_trains_on_augmented_rows(
 
     tmp = tmp_path_factory.mktemp("augment")
     teacher = finetune(tiny_base, tmp / "teacher", FinetuneConfig(data=tiny_data, epochs=1, batch_size=16))
-    config = DistillConfig(data=tiny_data, num_layers=1, epochs=1, batch_size=16, augment=2)
+    unlabelled = tmp / "unlabelled.txt"
+    unlabelled.write_text("".join(f"text number {i} about nothing\n" for i in range(50)), encoding="utf-8")
+    config = DistillConfig(data=tiny_data, num_layers=1, epochs=1, batch_size=16, augment=2, unlabelled=str(unlabelled))
     meta = json.loads((distill(teacher, tmp / "student", config) / "edgeslm.json").read_text())
     assert 400 < meta["augmented_rows"] <= 800  # 400 train rows, up to two new variants each
-    assert meta["train"]["train_rows"] == 400 + meta["augmented_rows"]
+    assert meta["unlabelled_rows"] == 50
+    assert meta["train"]["train_rows"] == 400 + meta["augmented_rows"] + 50

@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import DataError
 from .recipe import DataConfig
 
-__all__ = ["Dataset", "Split", "load_dataset", "read_rows"]
+__all__ = ["Dataset", "Split", "load_dataset", "read_rows", "read_texts"]
 
 NAMED = ("sst2", "clinc150")
 _SAMPLES = Path(__file__).parent / "samples"
@@ -180,6 +180,20 @@ def read_rows(path: Path, config: DataConfig) -> list[tuple[str, str]]:
             raise DataError(f"`{path}` row {n} has an empty `{text_col}` or `{label_col}`; fill or remove it")
         rows.append((str(text).strip(), str(label)))
     return rows
+
+
+def read_texts(path: Path) -> tuple[str, ...]:
+    """Unlabelled texts, one per line of a UTF-8 text file (blank lines skipped), for the teacher to label."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as e:
+        raise DataError(f"unlabelled text file `{path}` does not exist; pass a UTF-8 file, one text per line") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"unlabelled text file `{path}` is not UTF-8 ({e}); re-save it as UTF-8") from e
+    texts = tuple(t for t in (line.strip() for line in lines) if t)
+    if not texts:
+        raise DataError(f"unlabelled text file `{path}` holds no text; put one text per line")
+    return texts
 
 
 def _load_file(config: DataConfig) -> Dataset:

@@ -22,10 +22,10 @@ from typing import Any
 from . import __version__
 from ._fs import atomic_dir, write_json
 from .bundle import MANIFEST, RUNTIME_VERSION, Manifest, write_bundle
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, read_texts
 from .devices import check_device
 from .errors import ConfigError
-from .recipe import EvalConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Recipe
+from .recipe import DistillConfig, EvalConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Recipe
 
 __all__ = ["BuildResult", "build"]
 
@@ -58,6 +58,15 @@ def _identity(part: Any) -> Any:
         if not f.repr and getattr(part, f.name) != f.default
     }
     return [repr(part), unlisted] if unlisted else repr(part)
+
+
+def distill_key(k_teacher: str, config: DistillConfig) -> str:
+    """The distill step's key: its teacher and config, and the unlabelled texts themselves when the config names a
+    file (the config holds only its path)."""
+    if not config.unlabelled:
+        return _key("distill", k_teacher, config)
+    texts = hashlib.sha256("\0".join(read_texts(Path(config.unlabelled))).encode()).hexdigest()
+    return _key("distill", k_teacher, config, texts)
 
 
 class Steps:
@@ -122,7 +131,7 @@ class Steps:
         if rc.distill.progressive:  # its first stage: the same student at the teacher's width
             wide = dataclasses.replace(rc.distill, hidden=None, progressive=False)
             init, _ = self.distilled(teacher, k_teacher, dataclasses.replace(rc, distill=wide))
-        key = _key("distill", k_teacher, rc.distill)
+        key = distill_key(k_teacher, rc.distill)
         return self.step("distill", key, lambda o: distill(teacher, o, rc.distill, cache=self.cache, init=init))
 
     def quantization_aware(self, teacher: Path, ckpt: Path, key: str, rc: Recipe) -> tuple[Path, str]:

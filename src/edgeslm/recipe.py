@@ -140,6 +140,10 @@ class DistillConfig:
     # With `hidden`: distill in two stages, first at the teacher's width (cached as a build of its own), then narrow
     # that trained student and distill it again. SST-2, 384 -> 192 channels: +2.1 points over narrowing the teacher.
     progressive: bool = field(default=False, repr=False)
+    # A UTF-8 file of unlabelled texts, one per line, added to the train set with the teacher's soft labels alone
+    # (no gold label): in-domain logs, or text no intent covers, so the student learns what the teacher does with
+    # out-of-scope input. None: off. Out of the repr like augment; the build cache keys the file's contents.
+    unlabelled: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check(
@@ -160,6 +164,11 @@ class DistillConfig:
             not (self.augment and self.soft_targets == "scores"),
             '`augment` needs a local teacher to label the new texts; a black-box teacher (soft_targets = "scores") '
             "labelled only the rows in the data file: label augmented rows with `edgeslm label` instead",
+        )
+        _check(
+            not (self.unlabelled and self.soft_targets == "scores"),
+            '`unlabelled` needs a local teacher to label the texts; a black-box teacher (soft_targets = "scores") '
+            "labelled only the rows in the data file: label the texts with `edgeslm label` instead",
         )
         two_widths = not self.progressive or self.hidden is not None
         _check(two_widths, "`progressive` distills in two widths: set `hidden` too")

@@ -27,7 +27,7 @@ from transformers import BertModel
 
 from .. import _train
 from .._fs import atomic_dir, sha256_file, write_array
-from ..data import Split, load_dataset
+from ..data import Split, load_dataset, read_texts
 from ..errors import ConfigError, DataError
 from ..models import TextClassifier, load_checkpoint, save_checkpoint
 from ..recipe import DistillConfig, Int8DynamicConfig
@@ -224,6 +224,7 @@ def distill(
     student = make_student(teacher.model, layers) if init is None else _first_stage(Path(init), layers)
     tokenizer = load_tokenizer((Path(src) / "tokenizer.json").read_text(encoding="utf-8"), config.max_length)
     texts = dataset.train.texts
+    unlabelled = read_texts(Path(config.unlabelled)) if config.unlabelled else ()  # fail before any long step
     on = _train.device()
     teacher.model.to(on)  # for the soft labels, and for the hidden-state targets on every step
     kept = None
@@ -235,8 +236,9 @@ def distill(
     else:
         if config.augment:
             texts = texts + tuple(_augmented(teacher.model, tokenizer, texts, config))
+        texts = texts + unlabelled
         soft = torch.from_numpy(_soft_labels(teacher.model, tokenizer, texts, Path(src), cache)).to(on)
-    # augmented rows have no gold label (-1): they learn from the teacher alone
+    # augmented and unlabelled rows have no gold label (-1): they learn from the teacher alone
     gold = torch.tensor(dataset.train.labels + (-1,) * (len(texts) - len(dataset.train.texts))).to(on)
     T = config.temperature
     # a narrower student meets the teacher's hidden states through a projection, trained with it (a submodule while
@@ -290,7 +292,8 @@ def distill(
         "teacher": str(src),
         "teacher_layers": list(layers),
         "first_stage": str(init) if init is not None else None,
-        "augmented_rows": len(texts) - len(dataset.train.texts),
+        "augmented_rows": len(texts) - len(dataset.train.texts) - len(unlabelled),
+        "unlabelled_rows": len(unlabelled),
         "simulated": dataclasses.asdict(simulate) if simulate else None,
         "config": dataclasses.asdict(config),
         "train": stats,
