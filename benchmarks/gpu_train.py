@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from edgeslm import load_recipe
 from edgeslm.data import data_dirs
 from edgeslm.models import resolve_base
-from edgeslm.pipeline import Steps, _key, distill_key
+from edgeslm.pipeline import Steps, _key, _texts_key
 from edgeslm.recipe import DataConfig, Recipe
 
 HERE = Path(__file__).parent
@@ -182,7 +182,7 @@ def unpack(parts: list[Path], cache: Path) -> None:
             for role, folder in roles.items():
                 rc = recipe(ds, role) if role != "teacher" else steps.recipe
                 assert rc.finetune.freeze_embeddings and rc.distill.freeze_embeddings, "packed without embeddings"
-                key = k_teacher if role == "teacher" else distill_key(k_teacher, rc.distill)
+                key = k_teacher if role == "teacher" else _texts_key("distill", k_teacher, rc.distill)
                 out = cache / f"{'finetune' if role == 'teacher' else 'distill'}-{key}"
                 if out.is_dir():
                     print(f"{ds} {role}: {out} exists, kept")

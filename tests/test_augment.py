@@ -50,16 +50,16 @@ def test_augment_is_refused_with_a_black_box_teacher(tiny_data: edgeslm.DataConf
 def test_unlabelled_texts_are_read_and_keyed_by_content(tmp_path: Path) -> None:
     from edgeslm.data import read_texts
     from edgeslm.errors import DataError
-    from edgeslm.pipeline import distill_key
+    from edgeslm.pipeline import _texts_key
 
     file = tmp_path / "texts.txt"
     file.write_text("play some jazz\n\n  what is the tallest mountain  \n", encoding="utf-8")
     assert read_texts(file) == ("play some jazz", "what is the tallest mountain")
     config = DistillConfig(unlabelled=str(file))
-    before = distill_key("k", config)
-    assert before not in (distill_key("k", DistillConfig()), distill_key("k2", config))
+    before = _texts_key("distill", "k", config)
+    assert before not in (_texts_key("distill", "k", DistillConfig()), _texts_key("distill", "k2", config))
     file.write_text("play some jazz\n", encoding="utf-8")  # same path, other texts: another build
-    assert distill_key("k", config) != before
+    assert _texts_key("distill", "k", config) != before
     for content, error in [(None, "does not exist"), (b"\n \n", "holds no text"), (b"\xff\xfe", "is not UTF-8")]:
         bad = tmp_path / "bad.txt"
         bad.unlink(missing_ok=True)

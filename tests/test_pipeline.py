@@ -208,6 +208,33 @@ def test_aliased_trim_keeps_every_split_and_points_dropped_pieces_at_kept_rows(
         _vocab((out / "tokenizer.json").read_text())
 
 
+def test_trim_keeps_the_pieces_of_unlabelled_texts(built: Path, tiny_data: edgeslm.DataConfig, tmp_path: Path) -> None:
+    import torch
+
+    from edgeslm.compress.trim import trim_vocab
+    from edgeslm.models import load_checkpoint
+    from edgeslm.recipe import TrimConfig
+    from edgeslm.runtime import load_tokenizer
+
+    student = next((built.parent / ".edgeslm-cache").glob("distill-*"))
+    more = tmp_path / "more.txt"
+    more.write_text("zyzzyva quixotically\nthe archipelago's lighthouse\n", encoding="utf-8")
+    plain = trim_vocab(student, tmp_path / "plain", TrimConfig(data=tiny_data, alias=True))
+    wider = trim_vocab(student, tmp_path / "wider", TrimConfig(data=tiny_data, alias=True, unlabelled=str(more)))
+    text = "zyzzyva quixotically the archipelago's lighthouse"
+    before = load_checkpoint(student).model.encoder.embeddings.word_embeddings.weight
+    old_ids = load_tokenizer((student / "tokenizer.json").read_text(), 64).encode(text).ids
+
+    def own_rows(trimmed: Path) -> list[bool]:
+        """Per piece of ``text``: is its row in ``trimmed`` its own (not an alias's nearest kept row)?"""
+        after = load_checkpoint(trimmed).model.encoder.embeddings.word_embeddings.weight
+        new_ids = load_tokenizer((trimmed / "tokenizer.json").read_text(), 64).encode(text).ids
+        return [bool(torch.equal(before[o], after[n])) for o, n in zip(old_ids, new_ids, strict=True)]
+
+    assert all(own_rows(wider)) and not all(own_rows(plain))
+    assert json.loads((wider / "edgeslm.json").read_text())["trim"]["unlabelled_rows"] == 2
+
+
 def load_dataset_text(data: edgeslm.DataConfig) -> str:
     return edgeslm.load_dataset(data).train.texts[0]
 

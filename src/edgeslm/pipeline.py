@@ -25,7 +25,7 @@ from .bundle import MANIFEST, RUNTIME_VERSION, Manifest, write_bundle
 from .data import Dataset, load_dataset, read_texts
 from .devices import check_device
 from .errors import ConfigError
-from .recipe import DistillConfig, EvalConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Recipe
+from .recipe import DistillConfig, EvalConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Recipe, TrimConfig
 
 __all__ = ["BuildResult", "build"]
 
@@ -60,13 +60,12 @@ def _identity(part: Any) -> Any:
     return [repr(part), unlisted] if unlisted else repr(part)
 
 
-def distill_key(k_teacher: str, config: DistillConfig) -> str:
-    """The distill step's key: its teacher and config, and the unlabelled texts themselves when the config names a
-    file (the config holds only its path)."""
+def _texts_key(step: str, k: str, config: DistillConfig | TrimConfig) -> str:
+    """A step's key that also covers the texts of its ``unlabelled`` file (the config holds only its path)."""
     if not config.unlabelled:
-        return _key("distill", k_teacher, config)
+        return _key(step, k, config)
     texts = hashlib.sha256("\0".join(read_texts(Path(config.unlabelled))).encode()).hexdigest()
-    return _key("distill", k_teacher, config, texts)
+    return _key(step, k, config, texts)
 
 
 class Steps:
@@ -131,7 +130,7 @@ class Steps:
         if rc.distill.progressive:  # its first stage: the same student at the teacher's width
             wide = dataclasses.replace(rc.distill, hidden=None, progressive=False)
             init, _ = self.distilled(teacher, k_teacher, dataclasses.replace(rc, distill=wide))
-        key = distill_key(k_teacher, rc.distill)
+        key = _texts_key("distill", k_teacher, rc.distill)
         return self.step("distill", key, lambda o: distill(teacher, o, rc.distill, cache=self.cache, init=init))
 
     def quantization_aware(self, teacher: Path, ckpt: Path, key: str, rc: Recipe) -> tuple[Path, str]:
@@ -169,7 +168,7 @@ class Steps:
         ckpt, k = self.distilled(teacher, k_teacher, rc)
         if rc.trim.enabled:
             untrimmed = ckpt
-            ckpt, k = self.step("trim", _key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
+            ckpt, k = self.step("trim", _texts_key("trim", k, rc.trim), lambda o: trim_vocab(untrimmed, o, rc.trim))
         if rc.qat.mode == "always" if qat is None else qat:
             ckpt, k = self.quantization_aware(teacher, ckpt, k, rc)
         if rc.cluster.enabled:

@@ -184,7 +184,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class TrimConfig:
-    """Vocabulary trimming: keep the wordpieces the train texts use, plus every single character."""
+    """Vocabulary trimming: keep the wordpieces the train texts (and `unlabelled`) use, plus every character."""
 
     data: DataConfig = field(default_factory=DataConfig)
     enabled: bool = False  # off by default: not lossless on words train never saw (see `trim` check in the report)
@@ -195,6 +195,10 @@ class TrimConfig:
     # Off by default: the microcontroller C tokenizer (`convert --format c-array`) needs one piece per id. Out of
     # the repr, so the cache keys of earlier trims stay as they were (pipeline adds it when on).
     alias: bool = field(default=False, repr=False)
+    # A UTF-8 file of more texts, one per line, whose pieces are kept too: the distill's `unlabelled` texts, or text
+    # the device will read that train lacks (CLINC150: out-of-scope words keep their own rows instead of an alias
+    # of an intent's). None: train's pieces only. Out of the repr; the build cache keys the file's contents.
+    unlabelled: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _positive("min_count", self.min_count)

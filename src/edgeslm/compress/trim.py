@@ -22,7 +22,7 @@ import torch
 
 from .. import _train
 from .._fs import atomic_dir
-from ..data import load_dataset
+from ..data import load_dataset, read_texts
 from ..errors import ModelError
 from ..models import load_checkpoint, save_checkpoint
 from ..recipe import TrimConfig
@@ -72,7 +72,8 @@ def _remap_tokenizer(raw: dict[str, Any], old_to_new: dict[int, int], aliases: d
 
 
 def trim_vocab(src: Path, out: Path, config: TrimConfig, *, force: bool = False) -> Path:
-    """Trim the checkpoint ``src``'s vocabulary to what ``config.data``'s train texts use; write it to ``out``."""
+    """Trim the checkpoint ``src``'s vocabulary to what ``config.data``'s train texts (and ``config.unlabelled``'s)
+    use; write it to ``out``."""
     ckpt = load_checkpoint(Path(src))
     raw = json.loads((ckpt.path / "tokenizer.json").read_text(encoding="utf-8"))
     if raw.get("model", {}).get("type") != "WordPiece":
@@ -81,7 +82,8 @@ def trim_vocab(src: Path, out: Path, config: TrimConfig, *, force: bool = False)
     tok = load_tokenizer(json.dumps(raw), ckpt.max_length)
     tok.no_padding()
     counts: Counter[int] = Counter()
-    for enc in tok.encode_batch(list(dataset.train.texts)):
+    more = read_texts(Path(config.unlabelled)) if config.unlabelled else ()
+    for enc in tok.encode_batch([*dataset.train.texts, *more]):
         counts.update(enc.ids)
     special = {t["id"] for t in raw.get("added_tokens") or []}
     kept = _kept_ids(raw["model"]["vocab"], counts, config, special)
@@ -105,6 +107,7 @@ def trim_vocab(src: Path, out: Path, config: TrimConfig, *, force: bool = False)
             "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "data"},
             "vocab_before": len(raw["model"]["vocab"]),
             "vocab_after": len(kept),
+            "unlabelled_rows": len(more),
             "aliases": len(aliases),
             "check": check,
         },
