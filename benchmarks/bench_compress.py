@@ -77,7 +77,8 @@ ALIASED: dict[str, dict[str, dict[str, object]]] = {
     # session 9: + 15k WikiText-2 pieces in distillation; wiki-trim keeps their wordpieces too
     "2L-h6-f384-w192-prog-wiki": {"INT8 wiki-trim": WIKI_TRIM, "INT8 wiki-trim QAT": {**WIKI_TRIM, **QAT}},
 }
-ALIASED["2L-h6-f384-w192-prog"]["INT8 wiki-trim"] = WIKI_TRIM  # the wider trim alone, on the session-7 student
+# the wider trim alone, on the session-7 student, and with QAT after it
+ALIASED["2L-h6-f384-w192-prog"].update({"INT8 wiki-trim": WIKI_TRIM, "INT8 wiki-trim QAT": {**WIKI_TRIM, **QAT}})
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
