@@ -77,7 +77,8 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
         "2L-h6-f384-w192-aug4": {**_PRUNED, **_AUG4_CLINC, "distill.hidden": 192},  # CPU, session 7
         "2L-h6-f384-w192-prog": {**_PRUNED, **_AUG4_CLINC, "distill.hidden": 192, "distill.progressive": True},
         # Session 9, CPU: + 15,000 WikiText-2 pieces labelled by the teacher (no gold label), so the student sees
-        # what the teacher does with text that is no intent: out-of-scope recall was the missed CLINC150 target
+        # what the teacher does with text that is no intent (OOS recall was the missed target). It did not help;
+        # keeping the pieces' wordpieces in the trim did (bench_compress's wiki-trim)
         "2L-h6-f384-w192-prog-wiki": {
             **_PRUNED,
             **_AUG4_CLINC,
@@ -136,6 +137,9 @@ def train(base: str, cache: Path, datasets: list[str], students: list[str] | Non
         steps = Steps(recipe(ds, base=base), cache, print)
         teacher, k = steps.teacher()
         index[ds] = {"teacher": teacher.name}
+        unknown = sorted(set(students or ()) - set(STUDENTS[ds]))
+        if unknown:
+            raise SystemExit(f"no student {unknown[0]!r} for {ds}; known: {', '.join(STUDENTS[ds])}")
         for name in students or STUDENTS[ds]:
             folder, _ = steps.distilled(teacher, k, recipe(ds, name, base))
             index[ds][name] = folder.name

@@ -143,6 +143,7 @@ class DistillConfig:
     # A UTF-8 file of unlabelled texts, one per line, added to the train set with the teacher's soft labels alone
     # (no gold label): in-domain logs, or text no intent covers, so the student learns what the teacher does with
     # out-of-scope input. None: off. Out of the repr like augment; the build cache keys the file's contents.
+    # CLINC150 with 15k WikiText-2 pieces: no gain (-0.3 pt in-scope, OOS recall level); the trim's use of them helped.
     unlabelled: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -197,7 +198,8 @@ class TrimConfig:
     alias: bool = field(default=False, repr=False)
     # A UTF-8 file of more texts, one per line, whose pieces are kept too: the distill's `unlabelled` texts, or text
     # the device will read that train lacks (CLINC150: out-of-scope words keep their own rows instead of an alias
-    # of an intent's). None: train's pieces only. Out of the repr; the build cache keys the file's contents.
+    # of an intent's: OOS recall 0.266 -> 0.304 with 15k WikiText-2 pieces, for 1.4 MB). None: train's pieces only.
+    # Out of the repr; the build cache keys the file's contents.
     unlabelled: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
