@@ -18,6 +18,7 @@ teacher and the students done. Accuracy is always measured here, after the FP16 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import random
@@ -29,9 +30,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edgeslm import load_recipe
+from edgeslm._fs import write_bytes
 from edgeslm.data import data_dirs
 from edgeslm.models import resolve_base
-from edgeslm.pipeline import Steps, _key, _texts_key
+from edgeslm.pipeline import Steps, _texts_key
 from edgeslm.recipe import DataConfig, Recipe
 
 HERE = Path(__file__).parent
@@ -92,6 +94,7 @@ WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
 PART = 15 << 20
 
 
+@functools.cache
 def wikitext_pieces(n: int = 15_000, seed: int = 0) -> Path:
     """Unlabelled text that no CLINC150 intent covers, cut to the length of a request, in ``WIKITEXT``.
 
@@ -113,12 +116,9 @@ def wikitext_pieces(n: int = 15_000, seed: int = 0) -> Path:
                     size = rng.randint(3, 12)
                     pieces.append(" ".join(words[:size]))
                     words = words[size:]
-    text = "\n".join(rng.sample(pieces, n)) + "\n"
-    if not WIKITEXT.is_file() or WIKITEXT.read_text(encoding="utf-8") != text:
-        WIKITEXT.parent.mkdir(parents=True, exist_ok=True)
-        tmp = WIKITEXT.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.rename(WIKITEXT)
+    text = ("\n".join(rng.sample(pieces, n)) + "\n").encode()
+    if not WIKITEXT.is_file() or WIKITEXT.read_bytes() != text:
+        write_bytes(WIKITEXT, text)
     return WIKITEXT
 
 
@@ -132,14 +132,15 @@ def recipe(ds: str, student: str = "2L", base: str | None = None) -> Recipe:
 
 
 def train(base: str, cache: Path, datasets: list[str], students: list[str] | None) -> None:
+    for ds in datasets:  # a misspelt student stops the run before any training
+        unknown = sorted(set(students or ()) - set(STUDENTS[ds]))
+        if unknown:
+            raise SystemExit(f"no student {unknown[0]!r} for {ds}; known: {', '.join(STUDENTS[ds])}")
     index: dict[str, dict[str, str]] = {}
     for ds in datasets:
         steps = Steps(recipe(ds, base=base), cache, print)
         teacher, k = steps.teacher()
         index[ds] = {"teacher": teacher.name}
-        unknown = sorted(set(students or ()) - set(STUDENTS[ds]))
-        if unknown:
-            raise SystemExit(f"no student {unknown[0]!r} for {ds}; known: {', '.join(STUDENTS[ds])}")
         for name in students or STUDENTS[ds]:
             folder, _ = steps.distilled(teacher, k, recipe(ds, name, base))
             index[ds][name] = folder.name
@@ -182,7 +183,7 @@ def unpack(parts: list[Path], cache: Path) -> None:
         index = json.loads(read("index.json"))
         for ds, roles in index.items():
             steps = Steps(recipe(ds), cache, print)
-            k_teacher = _key("finetune", steps.base_key, steps.recipe.finetune)
+            k_teacher = steps.teacher_key
             for role, folder in roles.items():
                 rc = recipe(ds, role) if role != "teacher" else steps.recipe
                 assert rc.finetune.freeze_embeddings and rc.distill.freeze_embeddings, "packed without embeddings"

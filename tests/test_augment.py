@@ -85,3 +85,19 @@ def test_distill_trains_on_augmented_and_unlabelled_rows(
     assert 400 < meta["augmented_rows"] <= 800  # 400 train rows, up to two new variants each
     assert meta["unlabelled_rows"] == 50
     assert meta["train"]["train_rows"] == 400 + meta["augmented_rows"] + 50
+
+
+def test_build_stops_on_a_missing_unlabelled_file_before_training(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgeslm.cli import app
+
+    for section in ("distill", "trim"):
+        recipe = tmp_path / f"{section}.toml"
+        recipe.write_text(f'[{section}]\nunlabelled = "{tmp_path / "missing.txt"}"\n')
+        out = tmp_path / section / "o"
+        result = CliRunner().invoke(app, ["build", "--recipe", str(recipe), "--out", str(out)])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "missing.txt` does not exist" in " ".join(result.output.split())
+        assert len(result.output.strip().splitlines()) <= 2  # one message (rich may wrap it)
+        assert not (tmp_path / section).exists()  # stopped before the teacher: nothing in the cache either

@@ -77,7 +77,11 @@ class Steps:
         self.recipe, self.cache, self.log = recipe, cache, log
         self.base = resolve_base(recipe.base)
         self.dataset: Dataset = load_dataset(recipe.data)  # fail on bad data before any long step
+        for unlabelled in (recipe.distill.unlabelled, recipe.trim.unlabelled):
+            if unlabelled:
+                read_texts(Path(unlabelled))  # likewise for the unlabelled text files
         self.base_key = MINILM_SHA256["model.safetensors"] if recipe.base == "minilm" else str(self.base.resolve())
+        self.teacher_key = _key("finetune", self.base_key, recipe.finetune)
         self.seconds: dict[str, float] = {}
 
     def step(self, name: str, key: str, run: Callable[[Path], object]) -> tuple[Path, str]:
@@ -101,9 +105,7 @@ class Steps:
         from .finetune import finetune
 
         rc = self.recipe
-        return self.step(
-            "finetune", _key("finetune", self.base_key, rc.finetune), lambda o: finetune(self.base, o, rc.finetune)
-        )
+        return self.step("finetune", self.teacher_key, lambda o: finetune(self.base, o, rc.finetune))
 
     def one_click(self, teacher: Path, k_teacher: str) -> tuple[Path, Path]:
         """The baseline a user would otherwise ship: the teacher, exported and dynamically quantized."""
