@@ -77,6 +77,7 @@ ALIASED: dict[str, dict[str, dict[str, object]]] = {
         **_WIKI,  # session 9: the wider trim alone, on the session-7 student
     },
     "2L-h6-f384-w192-prog-wiki": _WIKI,  # session 9: + 15k WikiText-2 pieces in distillation too
+    "2L-h6-f384-w192-prog-requests": {"INT8 wiki-trim": WIKI_TRIM},  # session 10: + 3,251 unlabelled requests
 }
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 

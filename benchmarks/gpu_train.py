@@ -39,6 +39,8 @@ from edgeslm.recipe import DataConfig, Recipe
 HERE = Path(__file__).parent
 RECIPES = {"sst2": HERE / "sst2_full.toml", "clinc150": HERE / "clinc150_full.toml"}
 WIKITEXT = Path("out/wikitext2-pieces.txt")  # written by wikitext_pieces() when a recipe names it
+REQUESTS = Path("out/clinc150-requests.txt")  # written by clinc150_requests() when a recipe names it
+_MADE = {str(WIKITEXT): lambda: wikitext_pieces(), str(REQUESTS): lambda: clinc150_requests()}
 _PRUNED = {"distill.heads": 6, "distill.ffn": 384}
 _AUG4 = {"distill.epochs": 3, "distill.max_minutes": 60, "distill.augment": 4}
 _AUG4_CLINC = {**_AUG4, "distill.epochs": 8}  # 15k train rows: more passes
@@ -88,6 +90,15 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
             "distill.progressive": True,
             "distill.unlabelled": str(WIKITEXT),
         },
+        # Session 10, CPU: + 3,251 in-domain requests without their labels (CLINC150's validation split and the
+        # extra out-of-scope requests of its oos_plus release), the stand-in for a user's request logs
+        "2L-h6-f384-w192-prog-requests": {
+            **_PRUNED,
+            **_AUG4_CLINC,
+            "distill.hidden": 192,
+            "distill.progressive": True,
+            "distill.unlabelled": str(REQUESTS),
+        },
     },
 }
 WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
@@ -122,10 +133,31 @@ def wikitext_pieces(n: int = 15_000, seed: int = 0) -> Path:
     return WIKITEXT
 
 
+@functools.cache
+def clinc150_requests() -> Path:
+    """In-domain requests with no label, the way a user's logs would come, in ``REQUESTS``.
+
+    CLINC150's validation split (3,000 in-scope + 100 out-of-scope requests; the benchmark scores test, and no
+    build reads validation) and the 151 out-of-scope train requests that data_oos_plus.json adds to data_full.json;
+    labels dropped, texts in file order. None of them is a test text.
+    """
+    folder = next(d / "clinc150" for d in data_dirs(DataConfig()) if (d / "clinc150").is_dir())
+    full = json.loads((folder / "data_full.json").read_text(encoding="utf-8"))
+    plus = json.loads((folder / "data_oos_plus.json").read_text(encoding="utf-8"))
+    seen = {t for t, _ in full["oos_train"]}
+    texts = [t for t, _ in full["val"] + full["oos_val"]] + [t for t, _ in plus["oos_train"] if t not in seen]
+    test = {t for t, _ in full["test"] + full["oos_test"]}
+    assert not test & set(texts), "a test request would leak into training"
+    text = ("\n".join(texts) + "\n").encode()
+    if not REQUESTS.is_file() or REQUESTS.read_bytes() != text:
+        write_bytes(REQUESTS, text)
+    return REQUESTS
+
+
 def recipe(ds: str, student: str = "2L", base: str | None = None) -> Recipe:
     overrides = dict(STUDENTS[ds][student])
     if "distill.unlabelled" in overrides:
-        wikitext_pieces()
+        _MADE[str(overrides["distill.unlabelled"])]()
     if base:
         overrides["base"] = base
     return load_recipe(RECIPES[ds], overrides)
