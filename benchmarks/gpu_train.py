@@ -82,7 +82,8 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
         "2L-h6-f384-w192-prog": {**_PRUNED, **_AUG4_CLINC, "distill.hidden": 192, "distill.progressive": True},
         # Session 9, CPU: + 15,000 WikiText-2 pieces labelled by the teacher (no gold label), so the student sees
         # what the teacher does with text that is no intent (OOS recall was the missed target). It did not help;
-        # keeping the pieces' wordpieces in the trim did (bench_compress's wiki-trim)
+        # keeping the pieces' wordpieces in the trim did (bench_compress's wiki-trim). Measured before `augment`
+        # covered the unlabelled texts (session 10): trained now, it also gets 4 variants of each piece
         "2L-h6-f384-w192-prog-wiki": {
             **_PRUNED,
             **_AUG4_CLINC,
@@ -91,7 +92,8 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
             "distill.unlabelled": str(WIKITEXT),
         },
         # Session 10, CPU: + 3,251 in-domain requests without their labels (CLINC150's validation split and the
-        # extra out-of-scope requests of its oos_plus release), the stand-in for a user's request logs
+        # extra out-of-scope requests of its oos_plus release), the stand-in for a user's request logs. After
+        # commit dd11556 `augment` covers unlabelled texts too, so it now also learns 4 word-swapped variants of each
         "2L-h6-f384-w192-prog-requests": {
             **_PRUNED,
             **_AUG4_CLINC,

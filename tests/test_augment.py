@@ -72,17 +72,26 @@ def test_unlabelled_texts_are_read_and_keyed_by_content(tmp_path: Path) -> None:
 def test_distill_trains_on_augmented_and_unlabelled_rows(
     tiny_base: Path, tiny_data: edgeslm.DataConfig, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from edgeslm.compress.distill import distill
+    from edgeslm.compress.distill import _augmented, distill
+    from edgeslm.data import load_dataset
     from edgeslm.finetune import finetune
+    from edgeslm.models import load_checkpoint
     from edgeslm.recipe import FinetuneConfig
+    from edgeslm.runtime import load_tokenizer
 
     tmp = tmp_path_factory.mktemp("augment")
     teacher = finetune(tiny_base, tmp / "teacher", FinetuneConfig(data=tiny_data, epochs=1, batch_size=16))
     unlabelled = tmp / "unlabelled.txt"
-    unlabelled.write_text("".join(f"text number {i} about nothing\n" for i in range(50)), encoding="utf-8")
+    train = load_dataset(tiny_data).train.texts
+    texts = tuple(" ".join(reversed(t.split())) for t in train[:50])  # train's words, so they have neighbours
+    unlabelled.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     config = DistillConfig(data=tiny_data, num_layers=1, epochs=1, batch_size=16, augment=2, unlabelled=str(unlabelled))
     meta = json.loads((distill(teacher, tmp / "student", config) / "edgeslm.json").read_text())
-    assert 400 < meta["augmented_rows"] <= 800  # 400 train rows, up to two new variants each
+    # up to two variants of each of the 400 train rows and of each unlabelled text (in-domain text too)
+    tokenizer = load_tokenizer((teacher / "tokenizer.json").read_text(), 64)
+    model = load_checkpoint(teacher).model
+    assert meta["augmented_rows"] == len(_augmented(model, tokenizer, train + texts, config)) > 0
+    assert meta["augmented_rows"] > len(_augmented(model, tokenizer, train, config))
     assert meta["unlabelled_rows"] == 50
     assert meta["train"]["train_rows"] == 400 + meta["augmented_rows"] + 50
 

@@ -65,6 +65,9 @@ def _texts_key(step: str, k: str, config: DistillConfig | TrimConfig) -> str:
     if not config.unlabelled:
         return _key(step, k, config)
     texts = hashlib.sha256("\0".join(read_texts(Path(config.unlabelled))).encode()).hexdigest()
+    if isinstance(config, DistillConfig) and config.augment:
+        # since session 10 `augment` makes variants of the unlabelled texts too: builds cached before have other keys
+        return _key(step, k, config, texts, "unlabelled augmented")
     return _key(step, k, config, texts)
 
 

@@ -129,9 +129,10 @@ class DistillConfig:
     # `scores` column: a black-box cloud teacher's answers, from `edgeslm label` or `build --teacher-url`).
     # Out of the repr, which the build cache keys hash, so every cached step keeps its key (pipeline adds it).
     soft_targets: str = field(default="teacher", repr=False)
-    # Extra variants of each train text, words swapped for their nearest neighbours in the teacher's embedding table
-    # and labelled by the teacher alone (TinyBERT's augmentation, compress/augment.py); 0 is off. Each copy costs
-    # one more teacher pass over train and one more train set per epoch. Out of the repr like soft_targets.
+    # Extra variants of each train and `unlabelled` text, words swapped for their nearest neighbours in the
+    # teacher's embedding table and labelled by the teacher alone (TinyBERT's augmentation, compress/augment.py);
+    # 0 is off. Each copy costs one more teacher pass over those texts and one more set of them per epoch. Out of
+    # the repr like soft_targets.
     augment: int = field(default=0, repr=False)
     # Residual-stream width kept (Minitron-style width pruning of embeddings, every layer and the head, channels
     # ranked on train rows like `heads`); a multiple of the teacher's head size (32 for MiniLM); None: the teacher's

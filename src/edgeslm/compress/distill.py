@@ -137,7 +137,7 @@ def scores_as_logits(path: Path, texts: tuple[str, ...], labels: tuple[str, ...]
 def _augmented(
     teacher: TextClassifier, tokenizer: Tokenizer, texts: tuple[str, ...], config: DistillConfig
 ) -> list[str]:
-    """``config.augment`` word-swapped variants per train text, neighbours from the teacher's embedding table."""
+    """``config.augment`` word-swapped variants per text, neighbours from the teacher's embedding table."""
     table = teacher.encoder.embeddings.word_embeddings.weight.detach().cpu().float().numpy()
     words = {w.lower() for text in texts for w in text.split()}
     near = augment.neighbours(tokenizer.get_vocab(), table, words)
@@ -234,9 +234,9 @@ def distill(
     if config.soft_targets == "scores":
         soft = torch.from_numpy(scores_as_logits(Path(config.data.name), texts, teacher.labels)).to(on)
     else:
-        if config.augment:
-            texts = texts + tuple(_augmented(teacher.model, tokenizer, texts, config))
         texts = texts + unlabelled
+        if config.augment:  # the unlabelled texts are in-domain text too: they get their variants (TinyBERT)
+            texts = texts + tuple(_augmented(teacher.model, tokenizer, texts, config))
         soft = torch.from_numpy(_soft_labels(teacher.model, tokenizer, texts, Path(src), cache)).to(on)
     # augmented and unlabelled rows have no gold label (-1): they learn from the teacher alone
     gold = torch.tensor(dataset.train.labels + (-1,) * (len(texts) - len(dataset.train.texts))).to(on)
