@@ -79,6 +79,8 @@ ALIASED: dict[str, dict[str, dict[str, object]]] = {
     "2L-h6-f384-w192-prog-wiki": _WIKI,  # session 9: + 15k WikiText-2 pieces in distillation too
     "2L-h6-f384-w192-prog-requests": {"INT8 wiki-trim": WIKI_TRIM},  # session 10: + 3,251 unlabelled requests
 }
+for _s in (1, 2):  # session 11: its seed replicas
+    ALIASED[f"2L-h6-f384-w192-prog-requests-s{_s}"] = ALIASED["2L-h6-f384-w192-prog-requests"]
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 

@@ -103,6 +103,13 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
         },
     },
 }
+# Session 11, CPU: the requests student again with two other seeds (importance rows, augmentation, batch order),
+# to measure how far one seed's accuracy moves
+for _s in (1, 2):
+    STUDENTS["clinc150"][f"2L-h6-f384-w192-prog-requests-s{_s}"] = {
+        **STUDENTS["clinc150"]["2L-h6-f384-w192-prog-requests"],
+        "distill.seed": _s,
+    }
 WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
 PART = 15 << 20
 
