@@ -5,8 +5,8 @@
 The teachers and students are the full-data ones of `gpu_train.py` (trained on a lent GPU and unpacked into
 out/.edgeslm-cache, or trained here with `gpu_train.py train`); this script trims, clusters, exports and quantizes
 each student here (cached build steps), scores every system on every eval row at batch 1, then times them
-round-robin on the first --latency-rows sentences (batch 1, one intra-op thread, the first system rotating per
-sentence).
+round-robin on the first --latency-rows sentences (batch 1, one intra-op thread, a new random order of the systems
+per sentence).
 Writes benchmarks/results/compress_<dataset>.json.
 
 Systems: the teacher in PyTorch FP32 (what a naive user runs) and through the one-click path (ORT dynamic INT8);
@@ -144,7 +144,13 @@ def systems(
 
 
 def bench(
-    ds: str, cache: Path, latency_rows: int, warmup: int, students: list[str], only: list[str] | None = None
+    ds: str,
+    cache: Path,
+    latency_rows: int,
+    warmup: int,
+    students: list[str],
+    only: list[str] | None = None,
+    block: int = 1,
 ) -> dict[str, object]:
     runs, texts, gold, labels = systems(ds, cache, students, only)
     results: dict[str, dict[str, float]] = {}
@@ -154,7 +160,7 @@ def bench(
         results[n] = {"size_mb": size, **classification_metrics(pred, gold, labels)}
     timed = texts[:latency_rows]
     feeds = {n: [encode(tok, [t]) for t in timed] for n, (_, tok, _) in runs.items()}  # type: ignore[arg-type]
-    times, _ = round_robin({n: r for n, (r, _, _) in runs.items()}, feeds, warmup)
+    times, _ = round_robin({n: r for n, (r, _, _) in runs.items()}, feeds, warmup, block)
     for n, ms in times.items():
         results[n].update({"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))})
     teacher, one_click = results["teacher torch FP32"], results["teacher ORT INT8 (one-click)"]
@@ -173,6 +179,7 @@ def bench(
         "threads": 1,
         "batch": 1,
         "warmup": warmup,
+        "block": block,
         "accuracy_metric": key,
         "systems": results,
         "pareto": pareto(results, key),
@@ -200,6 +207,13 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("out/.edgeslm-cache"))
     ap.add_argument("--latency-rows", type=int, default=872, help="eval sentences timed at batch 1 (all are scored)")
     ap.add_argument("--warmup", type=int, default=60)
+    ap.add_argument(
+        "--block",
+        type=int,
+        default=1,
+        help="sentences each system runs in a row before the next (1: every call follows another system's; "
+        "16: warm caches, requests back to back)",
+    )
     ap.add_argument("--students", nargs="+", help="only these students (with both teachers), in one run")
     ap.add_argument("--tag", default="", help="results file compress_<dataset>[_TAG].json")
     ap.add_argument("--variants", nargs="+", help='only these variants of each student ("INT8", "INT8 alias-trim")')
@@ -207,7 +221,7 @@ def main() -> None:
     wikitext_pieces()  # the WIKI_TRIM variants name the file
     for ds in args.datasets:
         students = [s for s in STUDENTS[ds] if s in args.students] if args.students else list(STUDENTS[ds])
-        result = bench(ds, args.cache, args.latency_rows, args.warmup, students, args.variants)
+        result = bench(ds, args.cache, args.latency_rows, args.warmup, students, args.variants, args.block)
         out = HERE / "results" / f"compress_{ds}{'_' + args.tag if args.tag else ''}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         key = str(result["accuracy_metric"])

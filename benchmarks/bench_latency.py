@@ -1,8 +1,8 @@
 """Latency side by side, in one process, round-robin: the student bundle against the baselines a user would run.
 
-For every dev sentence (batch 1, one intra-op thread, after a warm-up), each system runs once, the starting
-system rotating from sentence to sentence so drift on a shared machine hits all of them alike. The ratios are the
-result; absolute milliseconds move by ~10% between runs here.
+For every dev sentence (batch 1, one intra-op thread, after a warm-up), each system runs once, in a new random
+order per sentence, so drift on a shared machine hits all of them alike and no system always follows the same one
+(see round_robin). The ratios are the result; absolute milliseconds move by ~10% between runs here.
 
     python benchmarks/bench_latency.py [--build out/bench-sst2] [--recipe benchmarks/sst2.toml]
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -68,8 +69,19 @@ def round_robin(
     runs: dict[str, Callable[[dict[str, np.ndarray]], object]],
     feeds: dict[str, list[dict[str, np.ndarray]]],
     warmup: int,
+    block: int = 1,
 ) -> tuple[dict[str, list[float]], dict[str, list[object]]]:
-    """Every system on every sentence, the first system rotating per sentence: ms per call, and the outputs."""
+    """Every system on every sentence, in a new (seeded) random order per sentence: ms per call, and the outputs.
+
+    ``block`` > 1: the order changes per block of that many sentences, and each system runs the whole block in a
+    row, so from its second call on it finds its own weights in the caches (requests back to back, as on a device
+    that serves one model) instead of the previous system's.
+
+    Not a rotation: rotating the first system keeps the cyclic order, so each system always ran right after the
+    same one, and the student after the 23 MB one-click teacher found its weights evicted from the CPU caches every
+    time (CLINC150, session 11: identical student graphs timed 0.45 ms right after the teacher, 0.36-0.39 ms after
+    small students). A random order gives every system every predecessor alike.
+    """
     names = list(runs)
     count = len(next(iter(feeds.values())))
     for i in range(warmup):
@@ -77,13 +89,14 @@ def round_robin(
             runs[n](feeds[n][i % count])
     times: dict[str, list[float]] = {n: [] for n in names}
     outputs: dict[str, list[object]] = {n: [] for n in names}
-    for i in range(count):
-        for k in range(len(names)):
-            n = names[(i + k) % len(names)]
-            t = time.perf_counter()
-            out = runs[n](feeds[n][i])
-            times[n].append((time.perf_counter() - t) * 1000)
-            outputs[n].append(out)
+    rng = random.Random(0)
+    for start in range(0, count, block):
+        for n in rng.sample(names, len(names)):
+            for i in range(start, min(start + block, count)):
+                t = time.perf_counter()
+                out = runs[n](feeds[n][i])
+                times[n].append((time.perf_counter() - t) * 1000)
+                outputs[n].append(out)
     return times, outputs
 
 

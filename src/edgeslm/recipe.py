@@ -145,6 +145,7 @@ class DistillConfig:
     # (no gold label): in-domain logs, or text no intent covers, so the student learns what the teacher does with
     # out-of-scope input. None: off. Out of the repr like augment; the build cache keys the file's contents.
     # CLINC150 with 15k WikiText-2 pieces: no gain (-0.3 pt in-scope, OOS recall level); the trim's use of them helped.
+    # With 3,251 in-domain requests (its validation split, labels dropped): +0.33 pt in-scope, OOS recall +0.029.
     unlabelled: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
