@@ -128,7 +128,7 @@ def systems(
             rc = load_recipe(RECIPES[ds], {**STUDENTS[ds][student], **extra})
             folders = steps.student(teacher, k, rc)
             quantized = folders["student_quantized"]
-            bundle = cache / "bench-bundles" / f"{ds}-{student}-{variant.replace(' ', '-')}"
+            bundle = cache / "bench-bundles" / quantized.name  # keyed like the build: a changed recipe is rebuilt
             if not bundle.is_dir():
                 write_student_bundle(quantized, bundle, rc, [])
             manifest = json.loads((bundle / "manifest.json").read_text())
