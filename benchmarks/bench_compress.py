@@ -34,7 +34,7 @@ from edgeslm.models import load_checkpoint
 from edgeslm.pipeline import Steps, write_student_bundle
 from edgeslm.runtime import encode, load_tokenizer
 from edgeslm.runtime.predictor import session_options
-from gpu_train import RECIPES, STUDENTS, WIKITEXT, recipe, wikitext_pieces
+from gpu_train import RECIPES, REPLICA_SEEDS, STUDENTS, WIKITEXT, recipe, wikitext_pieces
 
 HERE = Path(__file__).parent
 # Per student: (label suffix, overrides on its recipe). Trim keeps every wordpiece train uses + all characters.
@@ -79,7 +79,7 @@ ALIASED: dict[str, dict[str, dict[str, object]]] = {
     "2L-h6-f384-w192-prog-wiki": _WIKI,  # session 9: + 15k WikiText-2 pieces in distillation too
     "2L-h6-f384-w192-prog-requests": {"INT8 wiki-trim": WIKI_TRIM},  # session 10: + 3,251 unlabelled requests
 }
-for _s in (1, 2):  # session 11: its seed replicas
+for _s in REPLICA_SEEDS:  # session 11: its seed replicas
     ALIASED[f"2L-h6-f384-w192-prog-requests-s{_s}"] = ALIASED["2L-h6-f384-w192-prog-requests"]
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -218,6 +218,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="results file compress_<dataset>[_TAG].json")
     ap.add_argument("--variants", nargs="+", help='only these variants of each student ("INT8", "INT8 alias-trim")')
     args = ap.parse_args()
+    if args.block < 1:
+        ap.error(f"--block must be at least 1 sentence, got {args.block}")
     wikitext_pieces()  # the WIKI_TRIM variants name the file
     for ds in args.datasets:
         students = [s for s in STUDENTS[ds] if s in args.students] if args.students else list(STUDENTS[ds])

@@ -105,7 +105,8 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
 }
 # Session 11, CPU: the requests student again with two other seeds (importance rows, augmentation, batch order),
 # to measure how far one seed's accuracy moves
-for _s in (1, 2):
+REPLICA_SEEDS = (1, 2)
+for _s in REPLICA_SEEDS:
     STUDENTS["clinc150"][f"2L-h6-f384-w192-prog-requests-s{_s}"] = {
         **STUDENTS["clinc150"]["2L-h6-f384-w192-prog-requests"],
         "distill.seed": _s,
