@@ -84,6 +84,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 # the classifier
 
 
+def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """The mean of each sentence's real-token vectors: (b, t, h) -> (b, h)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 class TextClassifier(nn.Module):
     """BERT encoder, attention-masked mean pooling, dropout, linear head.
 
@@ -106,9 +112,7 @@ class TextClassifier(nn.Module):
             token_type_ids=token_type_ids,
             output_hidden_states=hidden_states,
         )
-        mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (b, t, 1)
-        pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (b, h)
-        return pooled, out.hidden_states
+        return mean_pool(out.last_hidden_state, attention_mask), out.hidden_states
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
         pooled, _ = self.encode(input_ids, attention_mask, token_type_ids)
