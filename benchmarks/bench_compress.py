@@ -9,7 +9,8 @@ round-robin on the first --latency-rows sentences (batch 1, one intra-op thread,
 per sentence).
 Writes benchmarks/results/compress_<dataset>.json.
 
-Systems: the teacher in PyTorch FP32 (what a naive user runs) and through the one-click path (ORT dynamic INT8);
+Systems: the teacher in PyTorch FP32 (what a naive user runs) and through the one-click path (ORT dynamic INT8;
+exported by edgeslm, and as a generic exporter leaves it, with transformers' mask builder in the graph: "hf mask");
 per student ORT INT8, INT8 after vocabulary trimming, trimmed with INT4 weights, and for three students trimmed,
 weight-clustered and entropy-coded. Size is what the device stores: the bundle's model file (xz for a clustered
 one) + tokenizer.json; the teacher FP32: its safetensors + tokenizer.json.
@@ -18,6 +19,7 @@ one) + tokenizer.json; the teacher FP32: its safetensors + tokenizer.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 from collections.abc import Callable
@@ -77,8 +79,13 @@ ALIASED: dict[str, dict[str, dict[str, object]]] = {
         **_WIKI,  # session 9: the wider trim alone, on the session-7 student
     },
     "2L-h6-f384-w192-prog-wiki": _WIKI,  # session 9: + 15k WikiText-2 pieces in distillation too
-    "2L-h6-f384-w192-prog-requests": {"INT8 wiki-trim": WIKI_TRIM},  # session 10: + 3,251 unlabelled requests
+    "2L-h6-f384-w192-prog-requests": {  # session 10: + 3,251 unlabelled requests
+        "INT8 wiki-trim": WIKI_TRIM,
+        # session 12: exported through transformers' own mask builder, as before `export.padding_bias`
+        "INT8 wiki-trim hf-mask": {**WIKI_TRIM, "export.padding_bias": False},
+    },
 }
+ALIASED["1L-h6-f384-w192-prog-requests"] = {"INT8 wiki-trim": WIKI_TRIM}  # session 12: one layer
 for _s in REPLICA_SEEDS:  # session 11: its seed replicas
     ALIASED[f"2L-h6-f384-w192-prog-requests-s{_s}"] = ALIASED["2L-h6-f384-w192-prog-requests"]
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -100,6 +107,10 @@ def systems(
         )
     teacher, k = steps.teacher()
     _, one_click = steps.one_click(teacher, k)
+    # the one-click path as a generic exporter leaves it: transformers' mask builder traced into the graph
+    rc = steps.recipe
+    generic_rc = dataclasses.replace(rc, export=dataclasses.replace(rc.export, padding_bias=False))
+    _, generic = Steps(generic_rc, cache, print).one_click(teacher, k)
     model = load_checkpoint(teacher).model
     tok = load_tokenizer((teacher / "tokenizer.json").read_text(), 64)
 
@@ -115,6 +126,7 @@ def systems(
     out: dict[str, tuple[Run, object, float]] = {
         "teacher torch FP32": (run_torch, tok, _mb(teacher / "model.safetensors", tok_file)),
         "teacher ORT INT8 (one-click)": (ort_run(one_click), tok, _mb(one_click / "model.onnx", tok_file)),
+        "teacher ORT INT8 (one-click, hf mask)": (ort_run(generic), tok, _mb(generic / "model.onnx", tok_file)),
     }
     for student in students:
         variants = {**VARIANTS, **({"INT8 trim cluster": CLUSTER} if student in CLUSTERED else {})}

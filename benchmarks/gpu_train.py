@@ -103,6 +103,11 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
         },
     },
 }
+# Session 12, CPU: the requests student with one layer instead of two (the speed target's other lever)
+STUDENTS["clinc150"]["1L-h6-f384-w192-prog-requests"] = {
+    **STUDENTS["clinc150"]["2L-h6-f384-w192-prog-requests"],
+    "distill.num_layers": 1,
+}
 # Session 11, CPU: the requests student again with two other seeds (importance rows, augmentation, batch order),
 # to measure how far one seed's accuracy moves
 REPLICA_SEEDS = (1, 2)

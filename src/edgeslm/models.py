@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch  # noqa: F401  (models.py is build-side only; the runtime never imports it)
+import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
@@ -82,6 +82,25 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # the classifier
+
+
+def run_layers(
+    encoder: BertModel, hidden: Tensor, attention_mask: Tensor, start: int = 0, stop: int | None = None
+) -> Tensor:
+    """Encoder layers ``start:stop`` on ``hidden`` (b, t, h), padding hidden by one additive attention bias.
+
+    For graphs that are exported: ``BertModel.forward`` builds its mask with transformers' masking utilities, which
+    trace into about 80 nodes (Range, IsNaN, Where, And, ...) that run on every call, 15% of a 2-layer INT8
+    student's latency (benchmarks/README.md). Adding 0 to the attention scores of real tokens and float32's
+    minimum to those of padding computes the same; each export's parity check proves it.
+    """
+    keep = attention_mask[:, None, None, :].to(hidden.dtype)  # (b, 1, 1, t), broadcast over heads and queries
+    bias = (1.0 - keep) * torch.finfo(hidden.dtype).min
+    layers: list[Any] = list(encoder.encoder.layer)[start:stop]  # BertLayer; nn.ModuleList indexing is untyped
+    for layer in layers:
+        out = layer(hidden, bias)
+        hidden = out[0] if isinstance(out, tuple) else out  # a tuple before transformers 5
+    return hidden
 
 
 def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .._fs import atomic_dir
 from ..data import load_dataset
 from ..errors import ModelError
-from ..models import TextClassifier, load_checkpoint, mean_pool
+from ..models import TextClassifier, load_checkpoint, mean_pool, run_layers
 from ..recipe import ExportConfig
 from ..runtime.predictor import encode, load_tokenizer, session_options
 from .static_shapes import static_reshapes
@@ -29,14 +29,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class _PaddingBias(nn.Module):
-    """The classifier as the exporter should see it: the padding mask is one additive bias, built once.
-
-    ``BertModel.forward`` builds its attention mask with transformers' masking utilities, which trace into about
-    80 nodes (Range, IsNaN, Where, And, Expand, ...) that run on every call: 15% of a 2-layer INT8 student's
-    latency, as much as its quantized MatMuls (measured, benchmarks/README.md). The same embeddings and layers with
-    0 added to the attention scores of real tokens and float32's minimum to those of padding compute the same
-    logits; the export's parity check proves it for every model.
-    """
+    """The classifier as the exporter should see it: padding as one additive attention bias (``run_layers``)."""
 
     def __init__(self, model: TextClassifier) -> None:
         super().__init__()
@@ -45,12 +38,7 @@ class _PaddingBias(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
         encoder = self.model.encoder
         hidden = encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        keep = attention_mask[:, None, None, :].to(hidden.dtype)  # (b, 1, 1, t), broadcast over heads and queries
-        bias = (1.0 - keep) * torch.finfo(hidden.dtype).min
-        for layer in encoder.encoder.layer:
-            out = layer(hidden, bias)
-            hidden = out[0] if isinstance(out, tuple) else out  # a tuple before transformers 5
-        return self.model.head(mean_pool(hidden, attention_mask))
+        return self.model.head(mean_pool(run_layers(encoder, hidden, attention_mask), attention_mask))
 
 
 def _export(model: nn.Module, path: Path, opset: int) -> None:

@@ -2,7 +2,7 @@
 
 Cut from the torch student rather than from the bundle's graph: in the exported graph the attention mask of every
 layer is computed from the embeddings' output, so the back half of a graph cut would still need the input ids.
-Here each half computes its own mask from ``attention_mask`` (the model's own ``_create_attention_masks``), and
+Here each half computes its own padding bias from ``attention_mask`` (``models.run_layers``), and
 ``export_split`` checks that back(front(x)) equals the whole student in torch before anything is written.
 """
 
@@ -12,34 +12,19 @@ import hashlib
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._fs import atomic_dir, write_bytes, write_json
 from ..errors import ConfigError, ModelError
-from ..models import TextClassifier
+from ..models import TextClassifier, mean_pool, run_layers
 from .lora import resolve_student
 from .split import SPLIT_FORMAT, SPLIT_MANIFEST
 
 __all__ = ["export_split"]
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def _layers(encoder: Any, hidden: Tensor, attention_mask: Tensor, start: int, stop: int | None) -> Tensor:
-    mask, _ = encoder._create_attention_masks(
-        attention_mask=attention_mask,
-        encoder_attention_mask=None,
-        embedding_output=hidden,
-        encoder_hidden_states=None,
-        cache=None,
-    )
-    for layer in encoder.encoder.layer[start:stop]:
-        out = layer(hidden, attention_mask=mask)
-        hidden = out[0] if isinstance(out, tuple) else out
-    return hidden
 
 
 class _Front(nn.Module):
@@ -51,7 +36,7 @@ class _Front(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
         hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        return _layers(self.encoder, hidden, attention_mask, 0, self.k)
+        return run_layers(self.encoder, hidden, attention_mask, 0, self.k)
 
 
 class _Back(nn.Module):
@@ -62,10 +47,8 @@ class _Back(nn.Module):
         self.encoder, self.head, self.k = model.encoder, model.head, k
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = _layers(self.encoder, hidden, attention_mask, self.k, None)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(pooled)
+        hidden = run_layers(self.encoder, hidden, attention_mask, self.k, None)
+        return self.head(mean_pool(hidden, attention_mask))
 
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], names: list[str], output: str, path: Path) -> None:
