@@ -31,3 +31,10 @@ def test_padding_bias_drops_the_mask_builder_and_keeps_logits(tiny_base: Path, t
         with torch.no_grad():
             ref = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).numpy()
         np.testing.assert_allclose(session.run(None, feed)[0], ref, rtol=0, atol=1e-5)
+
+
+def test_the_graph_keeps_the_checkpoints_weight_names(tiny_base: Path, tmp_path: Path) -> None:
+    model = new_classifier(tiny_base, ("negative", "positive")).eval()
+    _export(_PaddingBias(model), tmp_path / "bias.onnx", 17)
+    named = {i.name for i in onnx.load(str(tmp_path / "bias.onnx")).graph.initializer if "::" not in i.name}
+    assert "head.bias" in named and named <= set(model.state_dict())  # the MatMul weights are numbered copies

@@ -29,16 +29,19 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class _PaddingBias(nn.Module):
-    """The classifier as the exporter should see it: padding as one additive attention bias (``run_layers``)."""
+    """The classifier as the exporter should see it: padding as one additive attention bias (``run_layers``).
+
+    It holds the classifier's own ``encoder`` and ``head`` (not the classifier), so the graph's weights keep the
+    checkpoint's names.
+    """
 
     def __init__(self, model: TextClassifier) -> None:
         super().__init__()
-        self.model = model
+        self.encoder, self.head = model.encoder, model.head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        encoder = self.model.encoder
-        hidden = encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        return self.model.head(mean_pool(run_layers(encoder, hidden, attention_mask), attention_mask))
+        hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return self.head(mean_pool(run_layers(self.encoder, hidden, attention_mask), attention_mask))
 
 
 def _export(model: nn.Module, path: Path, opset: int) -> None:

@@ -141,8 +141,9 @@ def scaling(peft_model: Any) -> float:
 def locate(model_bytes: bytes, weights: dict[str, np.ndarray]) -> list[Target]:
     """Find each module's weight in the base graph: the (quantized) MatMul whose node path names the module.
 
-    ``weights`` maps module name to its torch weight (out, in). The torch exporter names nodes after modules
-    (``/encoder/encoder/layer.0/attention/self/query/MatMul``), so the match is by name, then checked by value:
+    ``weights`` maps module name to its torch weight (out, in). The torch exporter names nodes after the modules
+    that called them (``/layer.0/attention/self/query/MatMul``; ``/encoder/encoder/layer.0/...`` in graphs
+    exported before ``ExportConfig.padding_bias``), so the match is by name or name suffix, then checked by value:
     the stored weight, dequantized, must equal W^T within one quantization step, or the checkpoint is not the one
     the bundle was built from.
     """
@@ -158,9 +159,9 @@ def locate(model_bytes: bytes, weights: dict[str, np.ndarray]) -> list[Target]:
         if node.input[1] not in inits:
             continue
         # the node's path names the module; the head's quantized MatMul is named after its output, its weight not
-        by_path = ".".join(node.output[0].lstrip("/").split("/")[:-1])
+        path = ".".join(node.output[0].lstrip("/").split("/")[:-1])
         by_weight = node.input[1].split(".weight")[0]
-        module = by_path if by_path in weights else by_weight
+        module = next((w for w in weights if path and (w == path or w.endswith("." + path))), by_weight)
         if module not in weights or module in found:
             continue
         transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute)
