@@ -103,7 +103,7 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
         },
     },
 }
-# Session 12, CPU: the requests student with one layer instead of two (the speed target's other lever)
+# Session 12, CPU: the requests student with one layer instead of two: 7.8x one-click, 40x torch, 0.985 in-scope
 STUDENTS["clinc150"]["1L-h6-f384-w192-prog-requests"] = {
     **STUDENTS["clinc150"]["2L-h6-f384-w192-prog-requests"],
     "distill.num_layers": 1,

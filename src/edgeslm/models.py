@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import torch  # models.py is build-side only; the runtime never imports it
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
@@ -90,7 +90,7 @@ def run_layers(
     """Encoder layers ``start:stop`` on ``hidden`` (b, t, h), padding hidden by one additive attention bias.
 
     For graphs that are exported: ``BertModel.forward`` builds its mask with transformers' masking utilities, which
-    trace into about 80 nodes (Range, IsNaN, Where, And, ...) that run on every call, 15% of a 2-layer INT8
+    trace into about 80 nodes (Range, IsNaN, Where, And, ...) that run on every call, 14% of a 2-layer INT8
     student's latency (benchmarks/README.md). Adding 0 to the attention scores of real tokens and float32's
     minimum to those of padding computes the same; each export's parity check proves it.
     """
