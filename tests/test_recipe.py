@@ -67,6 +67,7 @@ def test_to_dict_round_trips() -> None:
         ("[finetune]\nepoch = 1\n", "unknown key `finetune.epoch`"),
         ("[nope]\n", "unknown section or key `nope`"),
         ('[finetune]\nepochs = "two"\n', "`finetune.epochs` must be float, got 'two'"),
+        ('[export]\npadding_bias = "yes"\n', "`export.padding_bias` must be bool, got 'yes'"),
         ('[quantize]\nmethod = "int3"\n', "`quantize.method` must be one of int8-dynamic, int8-static"),
         ("[data]\ndev_fraction = 1.5\n", "`dev_fraction` must be between 0 and 1"),
         ("[distill]\nkd_weight = 0\nce_weight = 0\n", "cannot both be 0"),
