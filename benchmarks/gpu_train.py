@@ -108,6 +108,22 @@ STUDENTS["clinc150"]["1L-h6-f384-w192-prog-requests"] = {
     **STUDENTS["clinc150"]["2L-h6-f384-w192-prog-requests"],
     "distill.num_layers": 1,
 }
+# Session 13, CPU: between one and two layers, shapes picked by a timing probe of random-weight INT8 graphs (the
+# 2-layer student = 1.00): one layer with the teacher's whole FFN (1,536 neurons; 0.84), two thinner layers (0.88)
+STUDENTS["clinc150"]["1L-h6-w192-prog-requests"] = {
+    k: v for k, v in STUDENTS["clinc150"]["1L-h6-f384-w192-prog-requests"].items() if k != "distill.ffn"
+}
+STUDENTS["clinc150"]["2L-h4-f256-w192-prog-requests"] = {
+    **STUDENTS["clinc150"]["2L-h6-f384-w192-prog-requests"],
+    "distill.heads": 4,
+    "distill.ffn": 256,
+}
+# ... and the same with TinyBERT's hidden-state loss in its narrowing stage (through a learned 192 -> 384
+# projection; the first stage is the cached one above): the ablation of the intermediate loss on a narrow student
+STUDENTS["clinc150"]["2L-h4-f256-w192-prog-requests-hs"] = {
+    **STUDENTS["clinc150"]["2L-h4-f256-w192-prog-requests"],
+    "distill.hidden_weight": 1.0,
+}
 # Session 11, CPU: the requests student again with two other seeds (importance rows, augmentation, batch order),
 # to measure how far one seed's accuracy moves
 REPLICA_SEEDS = (1, 2)

@@ -16,7 +16,8 @@ from edgeslm.compress.distill import distill
 from edgeslm.export.onnx import export_onnx
 from edgeslm.finetune import finetune
 from edgeslm.models import load_checkpoint
-from edgeslm.recipe import DistillConfig, ExportConfig, FinetuneConfig
+from edgeslm.pipeline import Steps
+from edgeslm.recipe import DistillConfig, ExportConfig, FinetuneConfig, Recipe
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,25 @@ def test_progressive_distillation_narrows_its_first_stage(
         distill(teacher, tmp_path / "bad", dataclasses.replace(narrow, num_layers=2), init=first)
     with pytest.raises(edgeslm.ConfigError, match="`progressive` distills in two widths: set `hidden` too"):
         DistillConfig(progressive=True)
+
+
+def test_progressive_first_stage_is_shared_without_the_hidden_state_loss(
+    teacher: Path, tiny_base: Path, tiny_data: edgeslm.DataConfig, tmp_path: Path
+) -> None:
+    """With `hidden_weight`, only the narrowing stage pays for the teacher's hidden states; the first is reused."""
+    plain = DistillConfig(
+        data=tiny_data, num_layers=1, heads=1, hidden=16, progressive=True, importance_rows=64, batch_size=16
+    )
+    steps = Steps(Recipe(base=str(tiny_base), data=tiny_data), tmp_path / "cache", lambda line: None)
+    firsts = []
+    for config in (plain, dataclasses.replace(plain, hidden_weight=0.5)):
+        student, _ = steps.distilled(teacher, "k", Recipe(base=str(tiny_base), data=tiny_data, distill=config))
+        meta = load_checkpoint(student).meta
+        assert meta["config"]["hidden_weight"] == config.hidden_weight
+        firsts.append(meta["first_stage"])
+    assert firsts[0] == firsts[1]  # one first stage, built once
+    assert json.loads((Path(firsts[0]) / "edgeslm.json").read_text())["config"]["hidden_weight"] == 0.0
+    assert len(list((tmp_path / "cache").glob("distill-*"))) == 3
 
 
 def test_importance_keeps_what_matters(teacher: Path, tiny_data: edgeslm.DataConfig) -> None:
