@@ -64,7 +64,8 @@ STUDENTS: dict[str, dict[str, dict[str, object]]] = {
         # ... and progressively: 2L-h6-f384-aug4 is its first stage, narrowed to 192 and distilled again
         "2L-h6-f384-w192-prog": {**_PRUNED, **_AUG4, "distill.hidden": 192, "distill.progressive": True},
         # ... + the hidden-state loss through a learned 192 -> 384 projection (TinyBERT's intermediate loss). Not
-        # trained yet: the teacher's forward pass every step makes it 0.49 s/step here (54 min), a GPU job
+        # trained yet: the teacher's forward pass every step makes it 0.49 s/step here (54 min), a GPU job. Since
+        # session 13 only the second stage has the loss (the first is -prog's); on CLINC150 it did not help
         "2L-h6-f384-w192-prog-hs": {
             **_PRUNED,
             **_AUG4,
