@@ -125,6 +125,12 @@ STUDENTS["clinc150"]["2L-h4-f256-w192-prog-requests-hs"] = {
     **STUDENTS["clinc150"]["2L-h4-f256-w192-prog-requests"],
     "distill.hidden_weight": 1.0,
 }
+# ... and the 1-layer student started from the teacher's first layer instead of its top one: the only layer trained
+# on the embeddings as its input
+STUDENTS["clinc150"]["1L-h6-f384-w192-prog-requests-first"] = {
+    **STUDENTS["clinc150"]["1L-h6-f384-w192-prog-requests"],
+    "distill.layers": [0],
+}
 # Session 11, CPU: the requests student again with two other seeds (importance rows, augmentation, batch order),
 # to measure how far one seed's accuracy moves
 REPLICA_SEEDS = (1, 2)
