@@ -86,9 +86,12 @@ ALIASED: dict[str, dict[str, dict[str, object]]] = {
     },
 }
 ALIASED["1L-h6-f384-w192-prog-requests"] = {"INT8 wiki-trim": WIKI_TRIM}  # session 12: one layer
-# session 13: between one and two layers
-_BETWEEN = ("1L-h6-w192-prog-requests", "2L-h4-f256-w192-prog-requests", "2L-h4-f256-w192-prog-requests-hs")
-for _name in (*_BETWEEN, "1L-h6-f384-w192-prog-requests-first"):
+for _name in (  # session 13: between one and two layers; one layer from the teacher's first
+    "1L-h6-w192-prog-requests",
+    "2L-h4-f256-w192-prog-requests",
+    "2L-h4-f256-w192-prog-requests-hs",
+    "1L-h6-f384-w192-prog-requests-first",
+):
     ALIASED[_name] = ALIASED["1L-h6-f384-w192-prog-requests"]
 for _s in REPLICA_SEEDS:  # session 11: its seed replicas
     ALIASED[f"2L-h6-f384-w192-prog-requests-s{_s}"] = ALIASED["2L-h6-f384-w192-prog-requests"]
