@@ -38,11 +38,24 @@ def test_augment_swaps_deterministically_and_drops_repeats() -> None:
     assert augment(["A Good film"], near, copies=1, p=1.0) == ["A great movie"]  # matched lower-cased
 
 
+def test_augment_min_words_leaves_short_phrases_alone() -> None:
+    near = {"good": ["great"], "film": ["movie"]}
+    texts = ["good film", "a good film with a plot"]
+    out = augment(texts, near, copies=10, p=0.5, seed=1, min_words=3)
+    assert out and all(len(v.split()) == 6 for v in out)  # variants of the sentence only
+    assert augment(texts, near, copies=10, p=0.5, seed=1, min_words=0) == augment(texts, near, 10, 1, 0.5)
+    assert augment(texts, near, copies=10, min_words=7) == []
+
+
 def test_augment_is_refused_with_a_black_box_teacher(tiny_data: edgeslm.DataConfig) -> None:
     with pytest.raises(ConfigError, match="`augment` needs a local teacher"):
         DistillConfig(data=tiny_data, augment=2, soft_targets="scores")
     with pytest.raises(ConfigError, match="`augment` must be a whole number of copies from 0 to 100, got -1"):
         DistillConfig(data=tiny_data, augment=-1)
+    with pytest.raises(ConfigError, match="`augment_min_words` must be a whole number of words from 0 to 1000, got -2"):
+        DistillConfig(data=tiny_data, augment=2, augment_min_words=-2)
+    with pytest.raises(ConfigError, match="`augment` is 0: set `augment` too"):
+        DistillConfig(data=tiny_data, augment_min_words=10)
     with pytest.raises(ConfigError, match="`unlabelled` needs a local teacher"):
         DistillConfig(data=tiny_data, unlabelled="texts.txt", soft_targets="scores")
 

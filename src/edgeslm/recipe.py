@@ -136,6 +136,10 @@ class DistillConfig:
     # 0 is off. Each copy costs one more teacher pass over those texts and one more set of them per epoch. Out of
     # the repr like soft_targets.
     augment: int = field(default=0, repr=False)
+    # Only texts of at least this many words get `augment` variants; 0: every text. SST-2's train rows are mostly
+    # short phrases (63% under 10 words) while its dev rows, like a device's input, are whole sentences (19.5 words
+    # on average): a floor spends the teacher's labelling and the student's steps on sentences. Out of the repr.
+    augment_min_words: int = field(default=0, repr=False)
     # Residual-stream width kept (Minitron-style width pruning of embeddings, every layer and the head, channels
     # ranked on train rows like `heads`); a multiple of the teacher's head size (32 for MiniLM); None: the teacher's
     # 384. With hidden_weight > 0 a learned projection maps the student's hidden states to the teacher's width.
@@ -165,6 +169,14 @@ class DistillConfig:
         _check(
             isinstance(self.augment, int) and 0 <= self.augment <= 100,
             f"`augment` must be a whole number of copies from 0 to 100, got {self.augment!r}",
+        )
+        _check(
+            isinstance(self.augment_min_words, int) and 0 <= self.augment_min_words <= 1000,
+            f"`augment_min_words` must be a whole number of words from 0 to 1000, got {self.augment_min_words!r}",
+        )
+        _check(
+            not (self.augment_min_words and not self.augment),
+            "`augment_min_words` picks which texts get `augment` variants, and `augment` is 0: set `augment` too",
         )
         _check(
             not (self.augment and self.soft_targets == "scores"),

@@ -58,11 +58,17 @@ def neighbours(vocab: dict[str, int], table: np.ndarray, words: set[str], k: int
 
 
 def augment(
-    texts: Sequence[str], near: dict[str, list[str]], copies: int, seed: int = 0, p: float = SWAP_P
+    texts: Sequence[str],
+    near: dict[str, list[str]],
+    copies: int,
+    seed: int = 0,
+    p: float = SWAP_P,
+    min_words: int = 0,
 ) -> list[str]:
     """Up to ``copies`` new variants of each text, each swapping every word found in ``near`` with probability ``p``.
 
     Variants equal to their text or to an earlier variant are dropped, so a text with nothing to swap adds nothing.
+    Texts of fewer than ``min_words`` words get none (their budget goes to the sentences a device will read).
     Matching is on the lower-cased word (the MiniLM vocabulary is uncased); whitespace splits words.
     """
     rng = random.Random(seed)
@@ -70,6 +76,8 @@ def augment(
     out: list[str] = []
     for text in texts:
         words = text.split()
+        if len(words) < min_words:
+            continue
         swappable = [i for i, w in enumerate(words) if w.lower() in near]
         if not swappable:
             continue

@@ -137,11 +137,12 @@ def scores_as_logits(path: Path, texts: tuple[str, ...], labels: tuple[str, ...]
 def _augmented(
     teacher: TextClassifier, tokenizer: Tokenizer, texts: tuple[str, ...], config: DistillConfig
 ) -> list[str]:
-    """``config.augment`` word-swapped variants per text, neighbours from the teacher's embedding table."""
+    """``config.augment`` word-swapped variants per text of at least ``config.augment_min_words`` words, neighbours
+    from the teacher's embedding table."""
     table = teacher.encoder.embeddings.word_embeddings.weight.detach().cpu().float().numpy()
     words = {w.lower() for text in texts for w in text.split()}
     near = augment.neighbours(tokenizer.get_vocab(), table, words)
-    return augment.augment(texts, near, config.augment, seed=config.seed)
+    return augment.augment(texts, near, config.augment, seed=config.seed, min_words=config.augment_min_words)
 
 
 def _first_stage(init: Path, layers: tuple[int, ...]) -> TextClassifier:
