@@ -139,6 +139,11 @@ STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"] = {
     "distill.augment": 8,
     "distill.augment_min_words": 10,
 }
+# ... and with one layer (the teacher's top one), as CLINC150's 1-layer student: the speed end of SST-2's front
+STUDENTS["sst2"]["1L-h6-f384-w192-prog-long8"] = {
+    **STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"],
+    "distill.num_layers": 1,
+}
 # Session 11, CPU: the requests student again with two other seeds (importance rows, augmentation, batch order),
 # to measure how far one seed's accuracy moves
 REPLICA_SEEDS = (1, 2)
