@@ -94,7 +94,7 @@ for _name in (  # session 13: between one and two layers; one layer from the tea
 ):
     ALIASED[_name] = ALIASED["1L-h6-f384-w192-prog-requests"]
 # Session 15, SST-2: the wiki-trim cut to the 4.5 MB budget: the 14,500 pieces train and the WikiText-2 pieces use
-# most (plus every character: 16,4xx rows instead of 18,010), on the session-14 student and on -long8
+# most (plus every character: 16,405 rows instead of 18,010), on the session-14 student and on -long8
 _SST2_TRIMS = {"INT8 wiki-trim": WIKI_TRIM, "INT8 wiki-trim 14.5k": {**WIKI_TRIM, "trim.max_tokens": 14500}}
 ALIASED["2L-h6-f384-w192-prog"].update(_SST2_TRIMS)
 ALIASED["2L-h6-f384-w192-prog-long8"] = {"INT8 alias-trim QAT": {**ALIAS, **QAT}, **_SST2_TRIMS}
