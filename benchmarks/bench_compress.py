@@ -63,6 +63,9 @@ QAT = {"qat.mode": "always"}
 # keep their own rows instead of becoming an intent word's alias); 14,475 rows instead of 7,163. Alone and with QAT
 WIKI_TRIM = {**ALIAS, "trim.unlabelled": str(WIKITEXT)}
 _WIKI = {"INT8 wiki-trim": WIKI_TRIM, "INT8 wiki-trim QAT": {**WIKI_TRIM, **QAT}}
+# Session 15, SST-2: the wiki-trim, and the same cut to the 4.5 MB budget: the 14,500 pieces train and the WikiText-2
+# pieces use most (plus every character: 16,405 rows instead of 18,010)
+_SST2_TRIMS = {"INT8 wiki-trim": WIKI_TRIM, "INT8 wiki-trim 14.5k": {**WIKI_TRIM, "trim.max_tokens": 14500}}
 # The CPU-trained students: INT8 and INT8 alias-trim each, plus these variants
 _ABLATION = {"INT8 trim": VARIANTS["INT8 trim"], "INT8 alias-trim cluster": {**CLUSTER, **ALIAS}}  # session 6's
 ALIASED: dict[str, dict[str, dict[str, object]]] = {
@@ -77,6 +80,7 @@ ALIASED: dict[str, dict[str, dict[str, object]]] = {
         "INT8 alias-trim QAT": {**ALIAS, **QAT},
         "INT8 QAT 1 epoch": {**QAT, "qat.epochs": 1.0, "qat.learning_rate": 2e-5},  # the gentler schedule
         **_WIKI,  # session 9: the wider trim alone, on the session-7 student
+        **_SST2_TRIMS,  # session 15, on the session-14 student
     },
     "2L-h6-f384-w192-prog-wiki": _WIKI,  # session 9: + 15k WikiText-2 pieces in distillation too
     "2L-h6-f384-w192-prog-requests": {  # session 10: + 3,251 unlabelled requests
@@ -93,10 +97,6 @@ for _name in (  # session 13: between one and two layers; one layer from the tea
     "1L-h6-f384-w192-prog-requests-first",
 ):
     ALIASED[_name] = ALIASED["1L-h6-f384-w192-prog-requests"]
-# Session 15, SST-2: the wiki-trim cut to the 4.5 MB budget: the 14,500 pieces train and the WikiText-2 pieces use
-# most (plus every character: 16,405 rows instead of 18,010), on the session-14 student and on -long8
-_SST2_TRIMS = {"INT8 wiki-trim": WIKI_TRIM, "INT8 wiki-trim 14.5k": {**WIKI_TRIM, "trim.max_tokens": 14500}}
-ALIASED["2L-h6-f384-w192-prog"].update(_SST2_TRIMS)
 ALIASED["2L-h6-f384-w192-prog-long8"] = {"INT8 alias-trim QAT": {**ALIAS, **QAT}, **_SST2_TRIMS}
 ALIASED["1L-h6-f384-w192-prog-long8"] = _SST2_TRIMS
 for _s in REPLICA_SEEDS:  # session 11: its seed replicas
