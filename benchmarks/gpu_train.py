@@ -139,6 +139,11 @@ STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"] = {
     "distill.augment": 8,
     "distill.augment_min_words": 10,
 }
+# Session 16, CPU: 12 variants of each of those sentences instead of 8 (299,566 instead of 199,712)
+STUDENTS["sst2"]["2L-h6-f384-w192-prog-long12"] = {
+    **STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"],
+    "distill.augment": 12,
+}
 # ... and with one layer (the teacher's top one), as CLINC150's 1-layer student: the speed end of SST-2's front
 STUDENTS["sst2"]["1L-h6-f384-w192-prog-long8"] = {
     **STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"],
