@@ -100,6 +100,7 @@ for _name in (  # session 13: between one and two layers; one layer from the tea
 ALIASED["2L-h6-f384-w192-prog-long8"] = {"INT8 alias-trim QAT": {**ALIAS, **QAT}, **_SST2_TRIMS}
 ALIASED["1L-h6-f384-w192-prog-long8"] = _SST2_TRIMS
 ALIASED["2L-h6-f384-w192-prog-long12"] = _SST2_TRIMS  # session 16: 12 variants per sentence
+ALIASED["3L-h4-f256-w128-prog-long8"] = _SST2_TRIMS  # session 17: deeper and narrower
 for _s in REPLICA_SEEDS:  # session 11: its seed replicas
     ALIASED[f"2L-h6-f384-w192-prog-requests-s{_s}"] = ALIASED["2L-h6-f384-w192-prog-requests"]
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]

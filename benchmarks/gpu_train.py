@@ -139,15 +139,25 @@ STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"] = {
     "distill.augment": 8,
     "distill.augment_min_words": 10,
 }
+# ... and with one layer (the teacher's top one), as CLINC150's 1-layer student: the speed end of SST-2's front
+STUDENTS["sst2"]["1L-h6-f384-w192-prog-long8"] = {
+    **STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"],
+    "distill.num_layers": 1,
+}
 # Session 16, CPU: 12 variants of each of those sentences instead of 8 (299,566 instead of 199,712)
 STUDENTS["sst2"]["2L-h6-f384-w192-prog-long12"] = {
     **STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"],
     "distill.augment": 12,
 }
-# ... and with one layer (the teacher's top one), as CLINC150's 1-layer student: the speed end of SST-2's front
-STUDENTS["sst2"]["1L-h6-f384-w192-prog-long8"] = {
+# Session 17, CPU: depth for width. `graph_forms.py --shapes` (random-weight INT8 graphs beside the teachers, strict
+# order; results/graph_shapes.json) times 3 layers x 128 channels x 4 heads x 256 neurons at 0.94 of the 2-layer
+# student (2L w192 h6 f384) and 3 x 96 x 3 x 192 at 0.80. Teacher layers 0, 2 and 5; the first stage at full width.
+STUDENTS["sst2"]["3L-h4-f256-w128-prog-long8"] = {
     **STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"],
-    "distill.num_layers": 1,
+    "distill.num_layers": 3,
+    "distill.heads": 4,
+    "distill.ffn": 256,
+    "distill.hidden": 128,
 }
 # Session 11, CPU: the requests student again with two other seeds (importance rows, augmentation, batch order),
 # to measure how far one seed's accuracy moves

@@ -10,6 +10,11 @@ with edgeslm, and times every form of it beside the MiniLM teacher in PyTorch FP
 quantizers edgeslm offers (dynamic INT8, per-channel, static QDQ, INT4 MatMulNBits); and onnxruntime's transformer
 optimizer applied before dynamic INT8 (it fuses attention into QAttention only on transformers' eager attention with
 its own mask, so that form is exported that way). Writes benchmarks/results/graph_forms.json.
+
+    python benchmarks/graph_forms.py --shapes 2x192x6x384 3x128x4x256 ...   (layers x width x heads x FFN)
+
+asks the other question: which shape, in edgeslm's default form (dynamic INT8), before training one. It times each
+shape the same way beside the teachers and writes benchmarks/results/graph_shapes.json.
 """
 
 from __future__ import annotations
@@ -39,14 +44,32 @@ HERE = Path(__file__).parent
 LABELS = ("negative", "positive")
 
 
-def _student(args: argparse.Namespace, tokenizer: Path, out: Path) -> Path:
+Shape = tuple[int, int, int, int]  # layers, width, attention heads (32 channels each), FFN neurons
+
+
+def _shape(text: str) -> Shape:
+    try:
+        layers, hidden, heads, ffn = (int(x) for x in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is LAYERSxWIDTHxHEADSxFFN, e.g. 2x192x6x384; got {text!r}") from None
+    if hidden != 32 * heads:
+        raise argparse.ArgumentTypeError(f"width must be 32 x heads (MiniLM's head size), got {text!r}")
+    return layers, hidden, heads, ffn
+
+
+def _name(shape: Shape) -> str:
+    return "{}L w{} h{} f{}".format(*shape)
+
+
+def _student(shape: Shape, tokenizer: Path, out: Path) -> Path:
     torch.manual_seed(0)
+    layers, hidden, heads, ffn = shape
     config = BertConfig(
         vocab_size=load_tokenizer(tokenizer.read_text(encoding="utf-8"), 64).get_vocab_size(),
-        hidden_size=args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        intermediate_size=args.ffn,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
         max_position_embeddings=512,
     )
     model = TextClassifier(BertModel(config, add_pooling_layer=False), len(LABELS)).eval()
@@ -86,6 +109,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=192)
     ap.add_argument("--heads", type=int, default=6, help="attention heads (of 32 channels each at MiniLM's width)")
     ap.add_argument("--ffn", type=int, default=384)
+    ap.add_argument(
+        "--shapes", type=_shape, nargs="+", help="time these shapes in dynamic INT8 instead (LAYERSxWIDTHxHEADSxFFN)"
+    )
     ap.add_argument("--rows", type=int, default=872, help="dev sentences timed")
     ap.add_argument("--warmup", type=int, default=60)
     args = ap.parse_args()
@@ -101,17 +127,25 @@ def main() -> None:
         save_checkpoint(teacher, tmp / "teacher", base / "tokenizer.json", LABELS, 64, {})
         export_onnx(tmp / "teacher", tmp / "teacher-onnx", export)
         one_click = quantize(tmp / "teacher-onnx", tmp / "one-click", Int8DynamicConfig()) / "model.onnx"
-        ckpt = _student(args, base / "tokenizer.json", tmp / "student")
-        src = export_onnx(ckpt, tmp / "student-onnx", export)
-        forms = {
-            "FP32": src / "model.onnx",
-            "INT8 dynamic (edgeslm's default)": quantize(src, tmp / "int8", Int8DynamicConfig()) / "model.onnx",
-            "INT8 dynamic per-channel": quantize(src, tmp / "pc", Int8DynamicConfig(per_channel=True)) / "model.onnx",
-            "INT8 static QDQ": quantize(src, tmp / "static", Int8StaticConfig()) / "model.onnx",
-            "INT4 MatMulNBits (+ embeddings)": quantize(src, tmp / "int4", Int4WeightOnlyConfig()) / "model.onnx",
-        }
-        (tmp / "fused").mkdir()
-        forms["INT8 after ORT transformer fusion"] = _ort_fused(ckpt, tmp / "fused", args.heads, args.hidden)
+        if args.shapes:  # one form, several shapes
+            forms = {}
+            for i, shape in enumerate(args.shapes):
+                src = export_onnx(_student(shape, base / "tokenizer.json", tmp / f"s{i}"), tmp / f"s{i}-onnx", export)
+                forms[_name(shape)] = quantize(src, tmp / f"s{i}-int8", Int8DynamicConfig()) / "model.onnx"
+        else:  # one shape, several forms
+            shape = (args.layers, args.hidden, args.heads, args.ffn)
+            ckpt = _student(shape, base / "tokenizer.json", tmp / "student")
+            src = export_onnx(ckpt, tmp / "student-onnx", export)
+            per_channel = Int8DynamicConfig(per_channel=True)
+            forms = {
+                "FP32": src / "model.onnx",
+                "INT8 dynamic (edgeslm's default)": quantize(src, tmp / "int8", Int8DynamicConfig()) / "model.onnx",
+                "INT8 dynamic per-channel": quantize(src, tmp / "pc", per_channel) / "model.onnx",
+                "INT8 static QDQ": quantize(src, tmp / "static", Int8StaticConfig()) / "model.onnx",
+                "INT4 MatMulNBits (+ embeddings)": quantize(src, tmp / "int4", Int4WeightOnlyConfig()) / "model.onnx",
+            }
+            (tmp / "fused").mkdir()
+            forms["INT8 after ORT transformer fusion"] = _ort_fused(ckpt, tmp / "fused", args.heads, args.hidden)
 
         def ort_run(path: Path) -> Callable[[dict[str, np.ndarray]], object]:
             options = session_options(1)
@@ -133,12 +167,19 @@ def main() -> None:
         nodes = {f"student {n}": (count(p), count(p.with_name("at-run.onnx"))) for n, p in forms.items()}
         mb = {f"student {n}": p.stat().st_size / 1e6 for n, p in forms.items()}
         times, outputs = round_robin(runs, {n: feeds for n in runs}, args.warmup)
-    # each form against the FP32 graph on the same sentences: a form that is fast because it computes something else
-    fp32 = np.concatenate([o[0] for o in outputs["student FP32"]])  # type: ignore[index]
-    drift = {n: float(np.abs(np.concatenate([o[0] for o in outputs[n]]) - fp32).max()) for n in nodes}  # type: ignore[index]
+
+    def logits(name: str) -> np.ndarray:
+        return np.concatenate([o[0] for o in outputs[name]])  # type: ignore[index]
+
     p50 = {n: float(np.percentile(t, 50)) for n, t in times.items()}
+    if args.shapes:  # each shape's time against the first's
+        first = f"student {next(iter(forms))}"
+        extra = {n: {"time_vs_first": p50[n] / p50[first]} for n in nodes}
+    else:  # each form against the FP32 graph on the same sentences: a form fast because it computes something else
+        fp32 = logits("student FP32")
+        extra = {n: {"max_abs_logit_diff_vs_fp32": float(np.abs(logits(n) - fp32).max())} for n in nodes}
     result = {
-        "shape": vars(args),
+        **({"shapes": [_name(s) for s in args.shapes]} if args.shapes else {"shape": vars(args)}),
         "threads": 1,
         "batch": 1,
         "order": "a new random order of systems per sentence",
@@ -154,7 +195,7 @@ def main() -> None:
                         "nodes_in_file": nodes[n][0],
                         "nodes_at_run": nodes[n][1],
                         "model_mb": mb[n],
-                        "max_abs_logit_diff_vs_fp32": drift[n],
+                        **extra[n],
                     }
                     if n in nodes
                     else {}
@@ -163,13 +204,13 @@ def main() -> None:
             for n, t in times.items()
         },
     }
-    out = HERE / "results" / "graph_forms.json"
+    out = HERE / "results" / ("graph_shapes.json" if args.shapes else "graph_forms.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     for n, r in result["systems"].items():
         print(
             f"{n:42s} p50 {r['p50_ms']:6.3f} ms  p95 {r['p95_ms']:6.3f}  "
             f"{r['speedup_vs_one_click']:4.1f}x one-click  {r['speedup_vs_torch']:5.1f}x torch  "
-            f"{r.get('nodes_at_run', '')} nodes  {r.get('max_abs_logit_diff_vs_fp32', '')}"
+            f"{r.get('nodes_at_run', '')} nodes  {r.get('max_abs_logit_diff_vs_fp32', r.get('time_vs_first', ''))}"
         )
     print(f"wrote {out}")
 
