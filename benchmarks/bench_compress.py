@@ -101,6 +101,12 @@ ALIASED["2L-h6-f384-w192-prog-long8"] = {"INT8 alias-trim QAT": {**ALIAS, **QAT}
 ALIASED["1L-h6-f384-w192-prog-long8"] = _SST2_TRIMS
 ALIASED["2L-h6-f384-w192-prog-long12"] = _SST2_TRIMS  # session 16: 12 variants per sentence
 ALIASED["3L-h4-f256-w128-prog-long8"] = _SST2_TRIMS  # session 17: deeper and narrower
+ALIASED["3L-h4-f256-w96-prog-long8"] = _SST2_TRIMS
+ALIASED["2L-h6-f384-w160-prog-long8"] = _SST2_TRIMS
+ALIASED["2L-h4-f256-w192-prog-long8"] = {
+    **_SST2_TRIMS,
+    "INT8 wiki-trim 14.5k QAT": {**_SST2_TRIMS["INT8 wiki-trim 14.5k"], **QAT},
+}
 for _s in REPLICA_SEEDS:  # session 11: its seed replicas
     ALIASED[f"2L-h6-f384-w192-prog-requests-s{_s}"] = ALIASED["2L-h6-f384-w192-prog-requests"]
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]

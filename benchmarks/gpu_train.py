@@ -159,6 +159,21 @@ STUDENTS["sst2"]["3L-h4-f256-w128-prog-long8"] = {
     "distill.ffn": 256,
     "distill.hidden": 128,
 }
+# ... narrowed to 96 channels from the same first stage (4 heads of 32 channels still: attention 96 -> 128 -> 96)
+STUDENTS["sst2"]["3L-h4-f256-w96-prog-long8"] = {**STUDENTS["sst2"]["3L-h4-f256-w128-prog-long8"], "distill.hidden": 96}
+# Session 17, CPU: long8's first stage narrowed to 160 channels instead of 192 (6 heads still: attention 160 -> 192
+# -> 160), for the 30x torch target (results/graph_shapes.json: 2L w160 h5 f320 runs at 0.83-0.86 of 2L w192)
+STUDENTS["sst2"]["2L-h6-f384-w160-prog-long8"] = {
+    **STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"],
+    "distill.hidden": 160,
+}
+# ... and at 192 channels with fewer heads and neurons instead: the trained students' times (results/
+# compress_sst2_depth.json) showed the residual width costs little (2L w160: 0.97 of w192), heads and FFN the rest
+STUDENTS["sst2"]["2L-h4-f256-w192-prog-long8"] = {
+    **STUDENTS["sst2"]["2L-h6-f384-w192-prog-long8"],
+    "distill.heads": 4,
+    "distill.ffn": 256,
+}
 # Session 11, CPU: the requests student again with two other seeds (importance rows, augmentation, batch order),
 # to measure how far one seed's accuracy moves
 REPLICA_SEEDS = (1, 2)
