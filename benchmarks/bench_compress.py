@@ -103,6 +103,7 @@ ALIASED["2L-h6-f384-w192-prog-long12"] = _SST2_TRIMS  # session 16: 12 variants 
 ALIASED["3L-h4-f256-w128-prog-long8"] = _SST2_TRIMS  # session 17: deeper and narrower
 ALIASED["3L-h4-f256-w96-prog-long8"] = _SST2_TRIMS
 ALIASED["2L-h6-f384-w160-prog-long8"] = _SST2_TRIMS
+ALIASED["2L-h4-f256-w160-prog-long8"] = _SST2_TRIMS
 ALIASED["2L-h4-f256-w192-prog-long8"] = {
     **_SST2_TRIMS,
     "INT8 wiki-trim 14.5k QAT": {**_SST2_TRIMS["INT8 wiki-trim 14.5k"], **QAT},

@@ -174,6 +174,11 @@ STUDENTS["sst2"]["2L-h4-f256-w192-prog-long8"] = {
     "distill.heads": 4,
     "distill.ffn": 256,
 }
+# ... narrowed to 160 channels from its first stage
+STUDENTS["sst2"]["2L-h4-f256-w160-prog-long8"] = {
+    **STUDENTS["sst2"]["2L-h4-f256-w192-prog-long8"],
+    "distill.hidden": 160,
+}
 # Session 11, CPU: the requests student again with two other seeds (importance rows, augmentation, batch order),
 # to measure how far one seed's accuracy moves
 REPLICA_SEEDS = (1, 2)
