@@ -115,6 +115,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=872, help="dev sentences timed")
     ap.add_argument("--warmup", type=int, default=60)
     args = ap.parse_args()
+    twice = sorted({_name(s) for s in args.shapes or [] if args.shapes.count(s) > 1})
+    if twice:  # each shape is timed under its name, so a second one would silently replace the first
+        ap.error(f"--shapes names a shape more than once: {', '.join(twice)}; give each shape once")
     base = resolve_base("minilm")
     texts = list(load_dataset(DataConfig()).eval.texts)[: args.rows]
     tok = load_tokenizer((base / "tokenizer.json").read_text(encoding="utf-8"), 64)
