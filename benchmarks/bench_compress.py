@@ -106,6 +106,7 @@ ALIASED["3L-h4-f256-w192-prog-long8"] = {  # session 18: 3 layers at 192 channel
     **_SST2_TRIMS,
     "INT8 wiki-trim 14.5k QAT": {**_SST2_TRIMS["INT8 wiki-trim 14.5k"], **QAT},
 }
+ALIASED["3L-h4-f256-w160-prog-long8"] = ALIASED["3L-h4-f256-w192-prog-long8"]
 ALIASED["2L-h6-f384-w160-prog-long8"] = _SST2_TRIMS
 ALIASED["2L-h4-f256-w160-prog-long8"] = _SST2_TRIMS
 ALIASED["2L-h4-f256-w192-prog-long8"] = {
